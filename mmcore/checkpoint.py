@@ -1,0 +1,154 @@
+"""Model checkpoints: safetensors only, written atomically, verified before anything loads.
+
+Metadata (all strings, as safetensors requires): ``format``, ``mmcore_version``, ``spec``
+(JSON), ``plugins`` (JSON name -> version) and ``kernels`` (JSON op -> choice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from mmcore.errors import CheckpointError
+
+FORMAT = "mmcore/1"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plugin_versions() -> dict[str, str]:
+    from mmcore.plugins import plugin_infos
+
+    return {p.name: p.version for p in plugin_infos() if p.status == "loaded"}
+
+
+def save_tensors(tensors: Mapping[str, Tensor], path: str | Path,
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Atomically write named tensors (made contiguous, on CPU) to a safetensors file."""
+    path = Path(path)
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=dict(metadata or {})))
+    return path
+
+
+def save(model: nn.Module, path: str | Path, extra: Mapping[str, str] | None = None) -> Path:
+    """Save ``model`` (a MultimodalModel) with its spec, plugin versions and kernel choices."""
+    from mmcore import __version__
+
+    spec = getattr(model, "spec", None)
+    meta = {
+        "format": FORMAT,
+        "mmcore_version": __version__,
+        "spec": json.dumps(spec.to_dict() if spec is not None else None),
+        "plugins": json.dumps(_plugin_versions()),
+        "kernels": json.dumps(getattr(model, "kernel_choices", {})),
+        **dict(extra or {}),
+    }
+    return save_tensors(model.state_dict(), path, meta)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a checkpoint, or CheckpointError naming what is wrong with the file."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file "
+                              f"(corrupt or truncated?): {exc}") from None
+
+
+def read_tensors(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a safetensors file; CheckpointError if it is corrupt or truncated."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} could not be read (corrupt or truncated?): {exc}") from None
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise CheckpointError(f"{path} looks like a pickle/torch.save file; mmcore reads "
+                              "safetensors only (pickles can run code when loaded)")
+    return path
+
+
+def check_state(model: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped tensors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(tensors)) if tensors[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:5])}")
+    if shapes:
+        problems.append("shape mismatch: " + "; ".join(shapes[:5]))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        problems.append(f"non-finite values in {', '.join(bad[:5])}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit this model: " + "; ".join(problems))
+
+
+def load_state(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights into ``model`` after checking all of them; on any error the model is
+    left untouched."""
+    tensors = read_tensors(path)
+    check_state(model, tensors, str(path))
+    model.load_state_dict(tensors, strict=True)
+    return model
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
+    """Rebuild the model saved at ``path`` from its own spec and load its weights.
+
+    Kernels are selected again for the hardware here; the saved choice is honoured only
+    if the spec forced it.
+    """
+    from mmcore.builder import build
+    from mmcore.spec import load_spec
+
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an mmcore checkpoint (format "
+                              f"{meta.get('format')!r}, expected {FORMAT!r})")
+    spec_data = json.loads(meta.get("spec") or "null")
+    if spec_data is None:
+        raise CheckpointError(f"{path} holds no spec; load it into a built model with load_state")
+    model = build(load_spec(spec_data), device=device)
+    return load_state(model, path)

@@ -1,0 +1,80 @@
+"""The plugin hooks. Each takes a ``register`` callback bound to one kind of component.
+
+A plugin module implements any of these with ``@mmcore.hookimpl``::
+
+    @mmcore.hookimpl
+    def register_encoders(register):
+        register("my-encoder", MyEncoder.from_config, config=MyEncoderConfig,
+                 tiny={"width": 16}, summary="what it does")
+
+``register(name, factory, *, config, summary="", tiny=None, example=None)``: ``factory``
+is called as ``factory(params, ctx)`` with the validated ``config`` instance and a
+:class:`mmcore.builder.BuildContext`. Presets register ``register(name, path_or_dict)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+PROJECT = "mmcore"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., None]
+
+
+@hookspec
+def register_preprocessors(register: Register) -> None:
+    """Register raw-data preprocessors (images, strings, audio -> tensors)."""
+
+
+@hookspec
+def register_tokenizers(register: Register) -> None:
+    """Register tokenizers (tensors -> Tokens): patch, token, conv-stem embeddings."""
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register encoders (Tokens -> Tokens)."""
+
+
+@hookspec
+def register_fusions(register: Register) -> None:
+    """Register fusion strategies (per-modality Tokens -> FusionOutput)."""
+
+
+@hookspec
+def register_heads(register: Register) -> None:
+    """Register heads (FusionOutput -> tensor, e.g. class logits)."""
+
+
+@hookspec
+def register_objectives(register: Register) -> None:
+    """Register objectives ((ModelOutput, batch) -> losses and metrics)."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register datasets: ``factory(params, ctx)`` returns a :class:`mmcore.data.Dataset`."""
+
+
+@hookspec
+def register_presets(register: Register) -> None:
+    """Register named model specs: ``register(name, path_or_mapping, summary="")``."""
+
+
+#: hook name -> registry kind it fills.
+HOOK_KINDS: dict[str, str] = {
+    "register_preprocessors": "preprocessor",
+    "register_tokenizers": "tokenizer",
+    "register_encoders": "encoder",
+    "register_fusions": "fusion",
+    "register_heads": "head",
+    "register_objectives": "objective",
+    "register_datasets": "dataset",
+    "register_presets": "preset",
+}
+
+

@@ -1,0 +1,161 @@
+"""Choose one implementation per op from the hardware present, once, and explain why."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmcore.errors import MMCoreError
+from mmcore.kernels.attention import reference_attention, sdpa_attention
+
+log = logging.getLogger(__name__)
+ENV_PREFIX = "MMCORE_KERNEL_"  # e.g. MMCORE_KERNEL_ATTENTION=reference
+
+
+class KernelError(MMCoreError):
+    """A forced kernel that cannot run here, or an unknown op or kernel name."""
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What selection looks at. Tests build these by hand to simulate other machines."""
+
+    device: str = "cpu"  # "cpu" or "cuda"
+    capability: tuple[int, int] | None = None
+    name: str = "cpu"
+    packages: frozenset[str] = frozenset()
+
+    def describe(self) -> str:
+        if self.device == "cuda" and self.capability is not None:
+            return f"{self.name} (cuda, capability {self.capability[0]}.{self.capability[1]})"
+        return self.name
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One implementation of an op and what it needs to run."""
+
+    op: str
+    name: str
+    fn: Callable[..., Any]
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    min_capability: tuple[int, int] | None = None
+    packages: tuple[str, ...] = ()
+    priority: int = 0  # higher wins among those that can run
+    note: str = ""
+
+    def rejection(self, hw: Hardware) -> str | None:
+        """Why this candidate cannot run on ``hw``, or None if it can."""
+        if hw.device not in self.devices:
+            return f"needs device {'/'.join(self.devices)}, this is {hw.device}"
+        if self.min_capability is not None and (hw.capability or (0, 0)) < self.min_capability:
+            return f"needs compute capability >= {self.min_capability[0]}.{self.min_capability[1]}"
+        missing = [p for p in self.packages if p not in hw.packages]
+        if missing:
+            return f"package(s) not installed: {', '.join(missing)}"
+        return None
+
+
+_CANDIDATES: dict[str, dict[str, Candidate]] = {}
+
+
+def register_candidate(cand: Candidate) -> None:
+    """Add an implementation of an op; the name ``reference`` is the always-present one."""
+    _CANDIDATES.setdefault(cand.op, {})[cand.name] = cand
+
+
+register_candidate(Candidate("attention", "reference", reference_attention, priority=0,
+                             note="pure PyTorch, float32 math; always present"))
+register_candidate(Candidate("attention", "sdpa", sdpa_attention, priority=10,
+                             note="torch.nn.functional.scaled_dot_product_attention"))
+
+_OPTIONAL_PACKAGES = ("triton", "xformers")
+
+
+def op_names() -> list[str]:
+    return sorted(_CANDIDATES)
+
+
+def detect_hardware(device: str | torch.device | None = None) -> Hardware:
+    """The hardware a model on ``device`` (default: cuda if available) will run on."""
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    packages = frozenset(p for p in _OPTIONAL_PACKAGES if importlib.util.find_spec(p) is not None)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        cap = torch.cuda.get_device_capability(index)
+        return Hardware("cuda", (cap[0], cap[1]), torch.cuda.get_device_name(index), packages)
+    return Hardware("cpu", None, "cpu", packages)
+
+
+@dataclass
+class KernelSet:
+    """The chosen implementation of each op. Shared by every layer of one model, so a
+    re-selection (e.g. after loading on other hardware) reaches all of them."""
+
+    choices: dict[str, str] = field(default_factory=dict)
+
+    def fn(self, op: str) -> Callable[..., Any]:
+        return _CANDIDATES[op][self.choices.get(op, "reference")].fn
+
+    def attention(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn("attention")(*args, **kwargs)
+
+    def update(self, other: KernelSet) -> None:
+        self.choices.clear()
+        self.choices.update(other.choices)
+
+
+def _forced(op: str, requested: Mapping[str, str]) -> str | None:
+    value = requested.get(op) or os.environ.get(ENV_PREFIX + op.upper())
+    return None if value in (None, "", "auto") else value
+
+
+def _choose(op: str, hw: Hardware, forced: str | None) -> str:
+    cands = _CANDIDATES[op]
+    if forced is not None:
+        if forced not in cands:
+            raise KernelError(f"unknown kernel {forced!r} for op {op!r}; known: {', '.join(cands)}")
+        why = cands[forced].rejection(hw)
+        if why is not None:
+            raise KernelError(f"kernel {forced!r} was forced for {op!r} but cannot run: {why}")
+        return forced
+    usable = [c for c in cands.values() if c.rejection(hw) is None]
+    best = max(usable, key=lambda c: c.priority)
+    for c in cands.values():
+        if c.priority > best.priority:
+            log.info("kernel %s/%s not used: %s", op, c.name, c.rejection(hw))
+    return best.name
+
+
+def select_kernels(requested: Mapping[str, str] | None = None,
+                   hardware: Hardware | None = None) -> KernelSet:
+    """One choice per op. ``requested`` (from the spec) and ``MMCORE_KERNEL_<OP>`` force one;
+    a forced choice that cannot run raises KernelError; ``auto`` picks the best that can."""
+    requested = dict(requested or {})
+    unknown = sorted(set(requested) - set(_CANDIDATES))
+    if unknown:
+        raise KernelError(f"unknown kernel op(s) {unknown}; ops are {op_names()}")
+    hw = hardware or detect_hardware()
+    return KernelSet({op: _choose(op, hw, _forced(op, requested)) for op in op_names()})
+
+
+def explain(hardware: Hardware | None = None,
+            requested: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """Rows of (op, candidate, status, reason) for ``mmcore kernels``."""
+    hw = hardware or detect_hardware()
+    chosen = select_kernels(requested, hw).choices
+    rows = []
+    for op in op_names():
+        for cand in sorted(_CANDIDATES[op].values(), key=lambda c: -c.priority):
+            why = cand.rejection(hw)
+            status = "chosen" if chosen[op] == cand.name else ("rejected" if why else "available")
+            reason = why or (cand.note if status == "chosen" else f"lower priority; {cand.note}")
+            rows.append({"op": op, "candidate": cand.name, "status": status, "reason": reason})
+    return rows

@@ -1,0 +1,42 @@
+"""Multi-head attention (self and cross) through the kernel dispatch point."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mmcore.kernels import KernelSet
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention: queries ``(B, Nq, D)`` attend to keys/values ``(B, Nk, Dkv)``.
+
+    ``key_padding_mask: (B, Nk)`` is True for real keys. The score computation goes
+    through ``kernels`` (shared by the whole model), chosen once at build/load time.
+    """
+
+    def __init__(self, *, width: int, heads: int, kernels: KernelSet, kv_width: int | None = None,
+                 bias: bool = True) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        kv_width = kv_width or width
+        self.heads, self.head_dim = heads, width // heads
+        self.kernels = kernels
+        self.q_proj = nn.Linear(width, width, bias=bias)
+        self.k_proj = nn.Linear(kv_width, width, bias=bias)
+        self.v_proj = nn.Linear(kv_width, width, bias=bias)
+        self.out_proj = nn.Linear(width, width, bias=bias)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, Dh)
+
+    def forward(self, x: Tensor, context: Tensor | None = None,
+                key_padding_mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        context = x if context is None else context
+        q = self._split(self.q_proj(x))  # (B, H, Nq, Dh)
+        k = self._split(self.k_proj(context))  # (B, H, Nk, Dh)
+        v = self._split(self.v_proj(context))
+        out = self.kernels.attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
+        b, _, nq, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))  # (B, Nq, D)

@@ -1,0 +1,104 @@
+"""MultimodalModel: built modules wired by the tensor contract. It parses no config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmcore.contract import Batch, Fusion, FusionOutput, ModalityInput, ModelOutput, Tokens
+from mmcore.kernels import KernelSet
+
+
+class MultimodalModel(nn.Module):
+    """Per-modality tokenizer -> encoder, one fusion, heads and weighted objectives.
+
+    ``forward(batch)`` runs every modality present in ``batch`` (others may be absent).
+    ``preprocessors`` are plain callables kept beside the modules for data loading.
+    """
+
+    def __init__(self, *, tokenizers: Mapping[str, nn.Module], encoders: Mapping[str, nn.Module],
+                 fusion: Fusion, heads: Mapping[str, nn.Module] | None = None,
+                 objectives: Mapping[str, tuple[nn.Module, float]] | None = None,
+                 preprocessors: Mapping[str, Any] | None = None, kernels: KernelSet | None = None,
+                 spec: Any = None) -> None:
+        super().__init__()
+        self.tokenizers = nn.ModuleDict(dict(tokenizers))
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.fusion = fusion
+        self.heads = nn.ModuleDict(dict(heads or {}))
+        objectives = dict(objectives or {})
+        self.objectives = nn.ModuleDict({k: m for k, (m, _) in objectives.items()})
+        self.objective_weights = {k: w for k, (_, w) in objectives.items()}
+        self.preprocessors = dict(preprocessors or {})
+        self.kernels = kernels or KernelSet()
+        self.spec = spec
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.tokenizers)
+
+    @property
+    def kernel_choices(self) -> dict[str, str]:
+        return dict(self.kernels.choices)
+
+    def preprocess(self, modality: str, items: Sequence[Any]) -> ModalityInput:
+        """Raw items (images, strings, ...) -> the collated input for ``modality``."""
+        if modality not in self.preprocessors:
+            raise KeyError(f"model has no preprocessor for modality {modality!r}; "
+                           f"it has {sorted(self.preprocessors)}")
+        return self.preprocessors[modality](items)
+
+    def encode(self, batch: Batch) -> dict[str, Tokens]:
+        """Tokenize and encode each modality present in ``batch``. -> name: (B, N, D)."""
+        present = [m for m in self.modalities if batch.get(m) is not None]
+        if not present:
+            raise ValueError(f"batch has none of this model's modalities {self.modalities}; "
+                             f"its keys are {sorted(batch)}")
+        out = {}
+        for name in present:
+            tokens = self.tokenizers[name](_to_device(batch[name], self._device()))
+            if name in self.encoders:
+                tokens = self.encoders[name](tokens)
+            out[name] = tokens
+        return out
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        fused: FusionOutput = self.fusion(self.encode(batch))
+        heads = {name: head(fused) for name, head in self.heads.items()}
+        return ModelOutput(tokens=fused.tokens, embeddings=fused.embeddings, heads=heads)
+
+    def embed(self, modality: str, inputs: ModalityInput) -> Tensor:
+        """The pooled embedding of one modality alone. (B, D)"""
+        return self.fusion(self.encode({modality: inputs})).embeddings[modality]
+
+    def loss(self, batch: Batch, output: ModelOutput | None = None) -> dict[str, Tensor]:
+        """Weighted sum of the objectives as ``loss``, plus each objective's terms as
+        ``<objective>/<name>``."""
+        if not self.objectives:
+            raise ValueError("this model has no objectives; add some under 'objectives:'")
+        output = output if output is not None else self(batch)
+        total: Tensor | None = None
+        logs: dict[str, Tensor] = {}
+        for name, objective in self.objectives.items():
+            terms = objective(output, batch)
+            weighted = terms["loss"] * self.objective_weights[name]
+            total = weighted if total is None else total + weighted
+            logs.update({f"{name}/{k}": v for k, v in terms.items()})
+        assert total is not None
+        return {"loss": total, **logs}
+
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x

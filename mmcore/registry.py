@@ -1,0 +1,129 @@
+"""A typed registry of component factories, filled by plugins. It holds no runtime state."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from mmcore.errors import RegistryError, suggest
+
+#: The kinds of thing a plugin can register.
+KINDS = (
+    "preprocessor",
+    "tokenizer",
+    "encoder",
+    "fusion",
+    "head",
+    "objective",
+    "dataset",
+    "preset",
+)
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's params: strict, so a misspelt key is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoConfig(ComponentConfig):
+    """Params of a component that takes none."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: its factory, params model and who registered it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    config: type[BaseModel]
+    plugin: str
+    version: str
+    location: str
+    summary: str = ""
+    #: A tiny params dict for tests and the conformance suite.
+    tiny: dict[str, Any] | None = None
+    #: ``example(module, batch_size, generator) -> input`` for the conformance suite.
+    example: Callable[..., Any] | None = None
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "plugin": self.plugin,
+            "version": self.version,
+            "location": self.location,
+            "summary": self.summary,
+        }
+
+
+def source_location(obj: Any) -> str:
+    """``file:line`` where ``obj`` is defined, or ``<unknown>``."""
+    try:
+        target = inspect.unwrap(obj)
+        file = inspect.getsourcefile(target) or "<unknown>"
+        line = inspect.getsourcelines(target)[1]
+    except (TypeError, OSError):
+        return "<unknown>"
+    return f"{file}:{line}"
+
+
+class Registry:
+    """Entries by kind and name. ``list``, ``get`` (with near-miss hints) and ``find``."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+    def add(self, entry: Entry) -> None:
+        if entry.kind not in self._entries:
+            raise RegistryError(
+                f"plugin {entry.plugin!r} registers unknown kind {entry.kind!r};"
+                f" kinds are {', '.join(KINDS)}"
+            )
+        existing = self._entries[entry.kind].get(entry.name)
+        if existing is not None:
+            raise RegistryError(
+                f"{entry.kind} {entry.name!r} is registered twice: by plugin "
+                f"{existing.plugin!r} ({existing.location}) and by plugin "
+                f"{entry.plugin!r} ({entry.location})"
+            )
+        self._entries[entry.kind][entry.name] = entry
+
+    def kinds(self) -> tuple[str, ...]:
+        return KINDS
+
+    def list(self, kind: str | None = None, pattern: str = "*") -> list[Entry]:
+        """Entries of ``kind`` (all kinds when None) whose name matches the glob ``pattern``."""
+        kinds = [kind] if kind else list(KINDS)
+        out: list[Entry] = []
+        for k in kinds:
+            self._check_kind(k)
+            out += [e for n, e in sorted(self._entries[k].items()) if fnmatch.fnmatch(n, pattern)]
+        return out
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry ``name`` of ``kind``; an unknown name suggests the nearest ones."""
+        self._check_kind(kind)
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            hint = suggest(name, self._entries[kind])
+            raise RegistryError(f"unknown {kind} {name!r}.{hint}") from None
+
+    def find(self, name: str) -> list[Entry]:
+        """Every entry called ``name``, whatever its kind (owning plugin, version, file:line)."""
+        return [e for kind in KINDS if (e := self._entries[kind].get(name)) is not None]
+
+    def names(self, kind: str) -> list[str]:
+        self._check_kind(kind)
+        return sorted(self._entries[kind])
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in self._entries:
+            raise RegistryError(f"unknown kind {kind!r}.{suggest(kind, KINDS)}")

@@ -1,0 +1,268 @@
+"""Model specs: strict YAML -> pydantic, with every problem reported at once.
+
+A spec names registered components only, written ``{type: name, ...params}``; it never
+names an import path. Each component's params are checked by its plugin's config model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmcore.errors import RegistryError, SpecError, SpecIssue, suggest
+from mmcore.registry import Registry
+
+# YAML 1.1 reads "1e-3" as a string; people mean a float.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe loader that reads ``1e-3`` as a float."""
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _walk(node: yaml.Node, path: str, lines: dict[str, int], issues: list[SpecIssue]) -> None:
+    """Record each key's line and report duplicate keys."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            sub = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                issues.append(SpecIssue(sub, f"duplicate key (first on line {seen[key]})", line))
+            seen[key] = line
+            lines.setdefault(sub, line)
+            _walk(value_node, sub, lines, issues)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            sub = f"{path}.{i}" if path else str(i)
+            lines.setdefault(sub, item.start_mark.line + 1)
+            _walk(item, sub, lines, issues)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> tuple[Any, dict[str, int]]:
+    """YAML text -> (data, key path -> line). Raises SpecError on bad YAML or duplicate keys."""
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError([SpecIssue("", "the spec is empty")], source)
+        lines: dict[str, int] = {}
+        issues: list[SpecIssue] = []
+        _walk(node, "", lines, issues)
+        if issues:
+            raise SpecError(issues, source)
+        return loader.construct_document(node), lines
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise SpecError([SpecIssue("", f"not valid YAML: {exc}", line)], source) from None
+    finally:
+        loader.dispose()
+
+
+class ComponentRef(BaseModel):
+    """``{type: registered-name, ...params}``; params are checked by the plugin's config."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ObjectiveRef(ComponentRef):
+    """An objective with its weight in the total loss."""
+
+    weight: float = 1.0
+
+
+class ModalitySpec(BaseModel):
+    """One modality's pipeline: preprocessor -> tokenizer -> encoder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    preprocessor: ComponentRef | None = None
+    tokenizer: ComponentRef
+    encoder: ComponentRef | None = None
+
+
+class TrainSpec(BaseModel):
+    """Optimisation settings for ``mmcore train``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(200, gt=0)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelSpec(BaseModel):
+    """A whole model: modalities, fusion, heads, objectives, data and training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "model"
+    description: str = ""
+    modalities: dict[str, ModalitySpec] = Field(min_length=1)
+    fusion: ComponentRef
+    heads: dict[str, ComponentRef] = Field(default_factory=dict)
+    objectives: dict[str, ObjectiveRef] = Field(default_factory=dict)
+    data: ComponentRef | None = None
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    kernels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names(self) -> ModelSpec:
+        for name in self.modalities:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name == "fused":
+                raise ValueError(f"modality name {name!r} must be lower_snake_case, not 'fused'")
+        return self
+
+    def components(self) -> Iterator[tuple[str, str, ComponentRef]]:
+        """(key path, kind, ref) for every component in the spec."""
+        for mod, ms in self.modalities.items():
+            for kind in ("preprocessor", "tokenizer", "encoder"):
+                ref = getattr(ms, kind)
+                if ref is not None:
+                    yield f"modalities.{mod}.{kind}", kind, ref
+        yield "fusion", "fusion", self.fusion
+        for name, ref in self.heads.items():
+            yield f"heads.{name}", "head", ref
+        for name, oref in self.objectives.items():
+            yield f"objectives.{name}", "objective", oref
+        if self.data is not None:
+            yield "data", "dataset", self.data
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=False)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _pydantic_issues(err: ValidationError, prefix: str, lines: Mapping[str, int]) -> list[SpecIssue]:
+    out = []
+    for e in err.errors():
+        path = ".".join(p for p in (prefix, _loc(e["loc"])) if p)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(SpecIssue(path, msg, _line(path, lines)))
+    return out
+
+
+def _line(path: str, lines: Mapping[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path.rpartition(".")[0]
+    return None
+
+
+def check_components(spec: ModelSpec, registry: Registry,
+                     lines: Mapping[str, int] | None = None) -> list[SpecIssue]:
+    """Every component's type is registered and its params pass the plugin's config."""
+    lines = lines or {}
+    issues: list[SpecIssue] = []
+    for path, kind, ref in spec.components():
+        try:
+            entry = registry.get(kind, ref.type)
+        except RegistryError as exc:
+            issues.append(SpecIssue(f"{path}.type", str(exc), _line(f"{path}.type", lines)))
+            continue
+        try:
+            entry.config.model_validate(ref.params)
+        except ValidationError as exc:
+            issues += _pydantic_issues(exc, path, lines)
+    for name, oref in spec.objectives.items():
+        if oref.weight < 0:
+            issues.append(SpecIssue(f"objectives.{name}.weight", "must be >= 0",
+                                    _line(f"objectives.{name}.weight", lines)))
+    return issues
+
+
+def params_of(registry: Registry, kind: str, ref: ComponentRef) -> BaseModel:
+    """The validated config instance for ``ref``."""
+    return registry.get(kind, ref.type).config.model_validate(ref.params)
+
+
+def parse_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | None = None,
+               registry: Registry | None = None) -> ModelSpec:
+    """A mapping -> ModelSpec, with the components checked against ``registry``."""
+    lines = lines or {}
+    if not isinstance(data, Mapping):
+        raise SpecError([SpecIssue("", "a spec must be a mapping at the top level")], source)
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_issues(exc, "", lines), source) from None
+    if registry is None:
+        from mmcore.plugins import get_registry
+
+        registry = get_registry()
+    issues = check_components(spec, registry, lines)
+    if issues:
+        raise SpecError(issues, source)
+    return spec
+
+
+def resolve_source(source: str | Path, registry: Registry) -> tuple[str, str]:
+    """A path or a preset name -> (YAML text, display name)."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpecError([SpecIssue("", f"no such spec file: {path}")], str(source))
+        return path.read_text(encoding="utf-8"), str(path)
+    name = str(source)
+    presets = registry.names("preset")
+    if name not in presets:
+        raise SpecError([SpecIssue("", f"{name!r} is neither a spec file nor a preset."
+                                   + (suggest(name, presets) or f" Presets: {', '.join(presets)}"))])
+    target = registry.get("preset", name).factory()
+    if isinstance(target, Mapping):
+        return yaml.safe_dump(dict(target), sort_keys=False), f"preset {name}"
+    return Path(target).read_text(encoding="utf-8"), f"preset {name}"
+
+
+def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:
+    """Load and validate a spec from a YAML path, a preset name or a mapping.
+
+    Raises :class:`SpecError` listing every problem, each with its key path and line.
+    """
+    if registry is None:
+        from mmcore.plugins import get_registry
+
+        registry = get_registry()
+    if isinstance(source, Mapping):
+        return parse_spec(dict(source), registry=registry)
+    text, name = resolve_source(source, registry)
+    data, lines = parse_yaml(text, name)
+    return parse_spec(data, lines, name, registry)

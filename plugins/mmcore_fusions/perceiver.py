@@ -1,0 +1,68 @@
+"""Perceiver fusion: the latent array cross-attends to every modality's tokens at once.
+
+Each modality is padded to one common channel width with its own learned padding
+(Perceiver IO), so the latents can tell modalities apart; modalities are concatenated
+in sorted order with their masks, and learned output queries decode the latents.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from mmcore.backbone import LatentBackbone
+from mmcore.builder import BuildContext
+from mmcore.contract import Fusion, FusionOutput, Tokens
+from mmcore.registry import ComponentConfig
+
+
+class PerceiverFusionConfig(ComponentConfig):
+    width: int = Field(gt=0)
+    num_latents: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    cross_heads: int = Field(1, gt=0)
+    num_outputs: int = Field(1, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    #: every modality gets at least this many learned padding channels
+    min_padding: int = Field(4, ge=0)
+
+
+class PerceiverFusion(Fusion):
+    """name: (B, N_m, D_m) -> tokens["fused"]: (B, Q, width), embeddings["fused"]: (B, width)."""
+
+    def __init__(self, cfg: PerceiverFusionConfig, widths: dict[str, int], ctx: BuildContext):
+        super().__init__()
+        self.input_width = max(widths.values()) + cfg.min_padding
+        self.padding = nn.ParameterDict({
+            m: nn.Parameter(torch.randn(self.input_width - w) * 0.02)
+            for m, w in widths.items() if self.input_width > w
+        })
+        self.backbone = LatentBackbone(input_width=self.input_width, width=cfg.width,
+                                       num_latents=cfg.num_latents, layers=cfg.layers,
+                                       heads=cfg.heads, cross_heads=cfg.cross_heads,
+                                       kernels=ctx.kernels, mlp_ratio=cfg.mlp_ratio)
+        self.queries = nn.Parameter(torch.randn(cfg.num_outputs, cfg.width) * 0.02)
+        self.embedding_widths = {"fused": cfg.width}
+
+    def _pad(self, name: str, tokens: Tokens) -> Tokens:
+        x = tokens.x  # (B, N, D_m)
+        if name in self.padding:
+            pad = self.padding[name].to(x.dtype).expand(*x.shape[:2], -1)
+            x = torch.cat([x, pad], dim=-1)  # (B, N, input_width)
+        return Tokens(x, tokens.valid())
+
+    def forward(self, tokens: dict[str, Tokens]) -> FusionOutput:
+        padded = [self._pad(name, tokens[name]) for name in sorted(tokens)]
+        joint = Tokens(torch.cat([t.x for t in padded], 1),
+                       torch.cat([t.valid() for t in padded], 1))  # (B, sum N, input_width)
+        b = joint.x.shape[0]
+        out = self.backbone(joint, self.queries.unsqueeze(0).expand(b, -1, -1))  # (B, Q, D)
+        return FusionOutput(tokens={"fused": Tokens(out)}, embeddings={"fused": out.mean(1)})
+
+
+def build_perceiver(cfg: PerceiverFusionConfig, ctx: BuildContext) -> PerceiverFusion:
+    if not ctx.widths:
+        raise ValueError("perceiver fusion needs at least one modality")
+    return PerceiverFusion(cfg, ctx.widths, ctx)

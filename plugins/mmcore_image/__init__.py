@@ -1,0 +1,31 @@
+"""mmcore's image modality: preprocessor, patch tokenizer and ViT encoder."""
+
+from __future__ import annotations
+
+from mmcore import hookimpl
+from mmcore.hookspecs import Register
+
+from mmcore_image.encoder import ViTConfig, build_vit
+from mmcore_image.preprocess import ImagePreprocessConfig, ImagePreprocessor
+from mmcore_image.tokenizer import PatchEmbedConfig, build_patch_embedding, example_pixels
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_preprocessors(register: Register) -> None:
+    register("image", ImagePreprocessor.from_config, config=ImagePreprocessConfig,
+             tiny={"size": 16}, summary="PIL images, paths or arrays -> normalised (B, 3, S, S)")
+
+
+@hookimpl
+def register_tokenizers(register: Register) -> None:
+    register("patch-embedding", build_patch_embedding, config=PatchEmbedConfig,
+             tiny={"image_size": 16, "patch_size": 8, "width": 16}, example=example_pixels,
+             summary="non-overlapping patches -> tokens, optional CLS, positions")
+
+
+@hookimpl
+def register_encoders(register: Register) -> None:
+    register("vit", build_vit, config=ViTConfig, tiny={"layers": 1, "heads": 2},
+             summary="Vision Transformer encoder (pre-norm blocks)")

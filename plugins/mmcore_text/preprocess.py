@@ -1,0 +1,109 @@
+"""Strings -> ``{"ids": (B, L) int64, "mask": (B, L) bool}``, padded to ``context_length``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from mmcore.builder import BuildContext
+from mmcore.registry import ComponentConfig
+
+BYTE_BOS, BYTE_EOS, BYTE_PAD = 256, 257, 258
+BYTE_VOCAB = 259
+
+
+class ByteTextConfig(ComponentConfig):
+    context_length: int = Field(77, ge=2)
+    lowercase: bool = True
+
+
+def _pack(rows: list[list[int]], length: int, pad: int, eos: int | None) -> dict[str, Tensor]:
+    """Truncate (keeping ``eos`` last) and pad rows of ids to ``length``."""
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if len(row) > length:
+            row = row[:length]
+            if eos is not None:
+                row[-1] = eos
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return {"ids": ids, "mask": mask}
+
+
+def _strings(items: Sequence[Any]) -> list[str]:
+    if isinstance(items, str):
+        raise TypeError("give a list of strings, not one string")
+    bad = [type(t).__name__ for t in items if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"text items must be strings; got {', '.join(sorted(set(bad)))}")
+    return list(items)
+
+
+class ByteTextPreprocessor:
+    """UTF-8 bytes (0-255) framed by BOS=256 and EOS=257, padded with 258. Needs no files."""
+
+    vocab_size = BYTE_VOCAB
+
+    def __init__(self, cfg: ByteTextConfig) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    def from_config(cls, cfg: ByteTextConfig, ctx: BuildContext) -> ByteTextPreprocessor:
+        return cls(cfg)
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, Tensor]:
+        texts = _strings(items)
+        if self.cfg.lowercase:
+            texts = [t.lower() for t in texts]
+        rows = [[BYTE_BOS, *t.encode("utf-8"), BYTE_EOS] for t in texts]
+        return _pack(rows, self.cfg.context_length, BYTE_PAD, BYTE_EOS)
+
+
+class HFTokenizerConfig(ComponentConfig):
+    path: str
+    context_length: int = Field(77, ge=2)
+    pad_token: str | None = None
+    eos_token: str | None = None
+    lowercase: bool = False
+
+
+class HFTokenizerPreprocessor:
+    """A Hugging Face ``tokenizers`` tokenizer.json; its own post-processor adds BOS/EOS."""
+
+    def __init__(self, cfg: HFTokenizerConfig) -> None:
+        from tokenizers import Tokenizer
+
+        path = Path(cfg.path)
+        if not path.is_file():
+            raise ValueError(f"tokenizer file not found: {path}")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise ValueError(f"cannot read tokenizer {path}: {exc}") from None
+        self.cfg = cfg
+        self.pad_id = self._id(cfg.pad_token) if cfg.pad_token else 0
+        self.eos_id = self._id(cfg.eos_token) if cfg.eos_token else None
+        self.vocab_size = self.tokenizer.get_vocab_size()
+
+    def _id(self, token: str) -> int:
+        idx = self.tokenizer.token_to_id(token)
+        if idx is None:
+            raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
+        return int(idx)
+
+    @classmethod
+    def from_config(cls, cfg: HFTokenizerConfig, ctx: BuildContext) -> HFTokenizerPreprocessor:
+        return cls(cfg)
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, Tensor]:
+        texts = _strings(items)
+        if self.cfg.lowercase:
+            texts = [t.lower() for t in texts]
+        rows = [list(enc.ids) for enc in self.tokenizer.encode_batch(texts)]
+        return _pack(rows, self.cfg.context_length, self.pad_id, self.eos_id)
