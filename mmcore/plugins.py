@@ -84,7 +84,8 @@ def _mmcore_version() -> str:
 
 def _builtin_candidates(names: list[str]) -> Iterator[_Candidate]:
     for name in names:
-        yield _Candidate(name, lambda n=name: importlib.import_module(n), _mmcore_version(), "builtin")
+        load = lambda n=name: importlib.import_module(n)  # noqa: E731
+        yield _Candidate(name, load, _mmcore_version(), "builtin")
 
 
 def _entry_point_candidates() -> Iterator[_Candidate]:
@@ -170,7 +171,7 @@ def _load_one(cand: _Candidate, registry: Registry, presets: dict[str, Any]) -> 
         collector = _Collector(cand.name, cand.version)
         for hook_name, kind in hookspecs.HOOK_KINDS.items():
             getattr(pm.hook, hook_name)(register=collector.for_kind(kind))
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the rest
+    except Exception as exc:  # a broken plugin must not break the rest
         info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
         warnings.warn(f"mmcore plugin {cand.name!r} could not be loaded: {info.error}",
                       PluginWarning, stacklevel=3)

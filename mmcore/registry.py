@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import fnmatch
 import inspect
 from collections.abc import Callable
@@ -98,10 +100,10 @@ class Registry:
     def kinds(self) -> tuple[str, ...]:
         return KINDS
 
-    def list(self, kind: str | None = None, pattern: str = "*") -> list[Entry]:
+    def list(self, kind: str | None = None, pattern: str = "*") -> builtins.list[Entry]:
         """Entries of ``kind`` (all kinds when None) whose name matches the glob ``pattern``."""
         kinds = [kind] if kind else list(KINDS)
-        out: list[Entry] = []
+        out: builtins.list[Entry] = []
         for k in kinds:
             self._check_kind(k)
             out += [e for n, e in sorted(self._entries[k].items()) if fnmatch.fnmatch(n, pattern)]
@@ -116,11 +118,11 @@ class Registry:
             hint = suggest(name, self._entries[kind])
             raise RegistryError(f"unknown {kind} {name!r}.{hint}") from None
 
-    def find(self, name: str) -> list[Entry]:
+    def find(self, name: str) -> builtins.list[Entry]:
         """Every entry called ``name``, whatever its kind (owning plugin, version, file:line)."""
         return [e for kind in KINDS if (e := self._entries[kind].get(name)) is not None]
 
-    def names(self, kind: str) -> list[str]:
+    def names(self, kind: str) -> builtins.list[str]:
         self._check_kind(kind)
         return sorted(self._entries[kind])
 

@@ -168,7 +168,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _pydantic_issues(err: ValidationError, prefix: str, lines: Mapping[str, int]) -> list[SpecIssue]:
+def _pydantic_issues(err: ValidationError, prefix: str,
+                     lines: Mapping[str, int]) -> list[SpecIssue]:
     out = []
     for e in err.errors():
         path = ".".join(p for p in (prefix, _loc(e["loc"])) if p)
@@ -244,15 +245,16 @@ def resolve_source(source: str | Path, registry: Registry) -> tuple[str, str]:
     name = str(source)
     presets = registry.names("preset")
     if name not in presets:
-        raise SpecError([SpecIssue("", f"{name!r} is neither a spec file nor a preset."
-                                   + (suggest(name, presets) or f" Presets: {', '.join(presets)}"))])
+        hint = suggest(name, presets) or f" Presets: {', '.join(presets)}"
+        raise SpecError([SpecIssue("", f"{name!r} is neither a spec file nor a preset.{hint}")])
     target = registry.get("preset", name).factory()
     if isinstance(target, Mapping):
         return yaml.safe_dump(dict(target), sort_keys=False), f"preset {name}"
     return Path(target).read_text(encoding="utf-8"), f"preset {name}"
 
 
-def load_spec(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> ModelSpec:
+def load_spec(source: str | Path | Mapping[str, Any],
+              registry: Registry | None = None) -> ModelSpec:
     """Load and validate a spec from a YAML path, a preset name or a mapping.
 
     Raises :class:`SpecError` listing every problem, each with its key path and line.

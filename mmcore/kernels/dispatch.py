@@ -49,6 +49,19 @@ class Candidate:
     packages: tuple[str, ...] = ()
     priority: int = 0  # higher wins among those that can run
     note: str = ""
+    #: input dtypes it accepts (None: any) and the inclusive head-dim range (None: any)
+    dtypes: tuple[torch.dtype, ...] | None = None
+    head_dims: tuple[int, int] | None = None
+
+    def accepts(self, x: torch.Tensor) -> bool:
+        """Whether one call's input ``x: (..., Dh)`` suits this kernel (checked per call;
+        an unsuitable call falls back to the op's reference)."""
+        if self.dtypes is not None and x.dtype not in self.dtypes:
+            return False
+        if self.head_dims is not None:
+            lo, hi = self.head_dims
+            return lo <= x.shape[-1] <= hi
+        return True
 
     def rejection(self, hw: Hardware) -> str | None:
         """Why this candidate cannot run on ``hw``, or None if it can."""
@@ -70,10 +83,13 @@ def register_candidate(cand: Candidate) -> None:
     _CANDIDATES.setdefault(cand.op, {})[cand.name] = cand
 
 
-register_candidate(Candidate("attention", "reference", reference_attention, priority=0,
-                             note="pure PyTorch, float32 math; always present"))
-register_candidate(Candidate("attention", "sdpa", sdpa_attention, priority=10,
-                             note="torch.nn.functional.scaled_dot_product_attention"))
+# "attention": self-attention (Nq == Nk). "cross_attention": queries over another sequence,
+# typically few queries over very many keys (Perceiver latents, resamplers, gated x-attn).
+for _op in ("attention", "cross_attention"):
+    register_candidate(Candidate(_op, "reference", reference_attention, priority=0,
+                                 note="pure PyTorch, float32 math; always present"))
+    register_candidate(Candidate(_op, "sdpa", sdpa_attention, priority=10,
+                                 note="torch.nn.functional.scaled_dot_product_attention"))
 
 _OPTIONAL_PACKAGES = ("triton", "xformers")
 
@@ -101,11 +117,26 @@ class KernelSet:
 
     choices: dict[str, str] = field(default_factory=dict)
 
-    def fn(self, op: str) -> Callable[..., Any]:
-        return _CANDIDATES[op][self.choices.get(op, "reference")].fn
+    def candidate(self, op: str) -> Candidate:
+        return _CANDIDATES[op][self.choices.get(op, "reference")]
 
-    def attention(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn("attention")(*args, **kwargs)
+    def fn(self, op: str) -> Callable[..., Any]:
+        return self.candidate(op).fn
+
+    def call(self, op: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Run ``op`` with the chosen kernel, or the reference when it does not accept ``x``."""
+        cand = self.candidate(op)
+        if not cand.accepts(x):
+            cand = _CANDIDATES[op]["reference"]
+        return cand.fn(x, *args, **kwargs)
+
+    def attention(self, q: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Self-attention. (B, H, N, Dh) -> (B, H, N, Dh); see :mod:`mmcore.kernels.attention`."""
+        return self.call("attention", q, *args, **kwargs)
+
+    def cross_attention(self, q: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Queries over another sequence. (B, H, Nq, Dh) -> (B, H, Nq, Dh)."""
+        return self.call("cross_attention", q, *args, **kwargs)
 
     def update(self, other: KernelSet) -> None:
         self.choices.clear()

@@ -33,10 +33,11 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None,
                 key_padding_mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        context = x if context is None else context
+        source = x if context is None else context
         q = self._split(self.q_proj(x))  # (B, H, Nq, Dh)
-        k = self._split(self.k_proj(context))  # (B, H, Nk, Dh)
-        v = self._split(self.v_proj(context))
-        out = self.kernels.attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
+        k = self._split(self.k_proj(source))  # (B, H, Nk, Dh)
+        v = self._split(self.v_proj(source))
+        run = self.kernels.attention if context is None else self.kernels.cross_attention
+        out = run(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
         b, _, nq, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))  # (B, Nq, D)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
-
 from mmcore_fusions.late import LateFusionConfig, build_late
 from mmcore_fusions.perceiver import PerceiverFusionConfig, build_perceiver
 

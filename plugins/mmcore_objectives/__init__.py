@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
-
 from mmcore_objectives.classification import (
     ClassificationConfig,
     ClassifierConfig,

@@ -64,7 +64,7 @@ class Contrastive(Objective):
         scale = self.scale()
         terms = [info_nce(output.embeddings[a], output.embeddings[b], scale) for a, b in pairs]
         out = {"loss": torch.stack([t[0] for t in terms]).mean(), "logit_scale": scale.detach()}
-        for (a, b), (loss, acc) in zip(pairs, terms, strict=True):
+        for (a, b), (_, acc) in zip(pairs, terms, strict=True):
             out[f"{a}_{b}_accuracy"] = acc
         return out
 

@@ -84,7 +84,7 @@ class HFTokenizerPreprocessor:
             raise ValueError(f"tokenizer file not found: {path}")
         try:
             self.tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+        except Exception as exc:  # tokenizers raises plain Exception
             raise ValueError(f"cannot read tokenizer {path}: {exc}") from None
         self.cfg = cfg
         self.pad_id = self._id(cfg.pad_token) if cfg.pad_token else 0

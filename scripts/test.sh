@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up with test extras, then lint, type-check and run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test,bench
+export TRITON_INTERPRET=1
+.venv/bin/ruff check mmcore plugins tests bench examples
+.venv/bin/mypy
+.venv/bin/python -m pytest -q "$@"
