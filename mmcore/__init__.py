@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmcore.contract import FusionOutput, ModelOutput, Tokens
 from mmcore.errors import CheckpointError, MMCoreError, RegistryError, SpecError
 from mmcore.hookspecs import hookimpl
 
@@ -15,6 +14,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from mmcore.contract import FusionOutput, ModelOutput, Tokens
     from mmcore.model import MultimodalModel
     from mmcore.registry import Registry
     from mmcore.spec import ModelSpec
@@ -34,6 +34,19 @@ __all__ = [
     "load_spec",
     "save",
 ]
+
+
+_LAZY = {"Tokens": "mmcore.contract", "FusionOutput": "mmcore.contract",
+         "ModelOutput": "mmcore.contract"}
+
+
+def __getattr__(name: str) -> Any:
+    """Tensor-contract types load on first use, so ``import mmcore`` does not import torch."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mmcore' has no attribute {name!r}")
 
 
 def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:

@@ -49,7 +49,9 @@ def save_tensors(tensors: Mapping[str, Tensor], path: str | Path,
     """Atomically write named tensors (made contiguous, on CPU) to a safetensors file."""
     path = Path(path)
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=dict(metadata or {})))
+    # None, not {}: safetensors 0.8 writes an unreadable header for no tensors + {} metadata
+    meta = dict(metadata) if metadata else None
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 import fnmatch
 import inspect
 from collections.abc import Callable

@@ -194,19 +194,59 @@ def check_components(spec: ModelSpec, registry: Registry,
     lines = lines or {}
     issues: list[SpecIssue] = []
     for path, kind, ref in spec.components():
-        try:
-            entry = registry.get(kind, ref.type)
-        except RegistryError as exc:
-            issues.append(SpecIssue(f"{path}.type", str(exc), _line(f"{path}.type", lines)))
-            continue
-        try:
-            entry.config.model_validate(ref.params)
-        except ValidationError as exc:
-            issues += _pydantic_issues(exc, path, lines)
+        issues += _check_ref(path, kind, ref, registry, lines)
     for name, oref in spec.objectives.items():
         if oref.weight < 0:
             issues.append(SpecIssue(f"objectives.{name}.weight", "must be >= 0",
                                     _line(f"objectives.{name}.weight", lines)))
+    return issues
+
+
+def _check_ref(path: str, kind: str, ref: ComponentRef, registry: Registry,
+               lines: Mapping[str, int]) -> list[SpecIssue]:
+    """The problems of one component: an unknown type, or params its plugin rejects."""
+    try:
+        entry = registry.get(kind, ref.type)
+    except RegistryError as exc:
+        return [SpecIssue(f"{path}.type", str(exc), _line(f"{path}.type", lines))]
+    try:
+        entry.config.model_validate(ref.params)
+    except ValidationError as exc:
+        return _pydantic_issues(exc, path, lines)
+    return []
+
+
+def _raw_components(data: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(key path, kind, raw value) of every component slot in unvalidated spec data."""
+    modalities = data.get("modalities")
+    if isinstance(modalities, Mapping):
+        for mod, ms in modalities.items():
+            if isinstance(ms, Mapping):
+                for kind in ("preprocessor", "tokenizer", "encoder"):
+                    yield f"modalities.{mod}.{kind}", kind, ms.get(kind)
+    yield "fusion", "fusion", data.get("fusion")
+    for group, kind in (("heads", "head"), ("objectives", "objective")):
+        refs = data.get(group)
+        if isinstance(refs, Mapping):
+            for name, raw in refs.items():
+                yield f"{group}.{name}", kind, raw
+    yield "data", "dataset", data.get("data")
+
+
+def _unchecked_component_issues(data: Mapping[str, Any], registry: Registry,
+                                lines: Mapping[str, int],
+                                known: list[SpecIssue]) -> list[SpecIssue]:
+    """When the spec's structure is invalid, still check every well-formed component, so
+    all problems are reported at once."""
+    issues: list[SpecIssue] = []
+    for path, kind, raw in _raw_components(data):
+        if any(i.path == path or i.path.startswith(path + ".") for i in known):
+            continue
+        try:
+            ref = (ObjectiveRef if kind == "objective" else ComponentRef).model_validate(raw)
+        except ValidationError:
+            continue  # absent or malformed: reported by the structural check, if required
+        issues += _check_ref(path, kind, ref, registry, lines)
     return issues
 
 
@@ -221,14 +261,16 @@ def parse_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | 
     lines = lines or {}
     if not isinstance(data, Mapping):
         raise SpecError([SpecIssue("", "a spec must be a mapping at the top level")], source)
-    try:
-        spec = ModelSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(_pydantic_issues(exc, "", lines), source) from None
     if registry is None:
         from mmcore.plugins import get_registry
 
         registry = get_registry()
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        issues = _pydantic_issues(exc, "", lines)
+        issues += _unchecked_component_issues(data, registry, lines, issues)
+        raise SpecError(issues, source) from None
     issues = check_components(spec, registry, lines)
     if issues:
         raise SpecError(issues, source)
@@ -250,6 +292,10 @@ def resolve_source(source: str | Path, registry: Registry) -> tuple[str, str]:
     target = registry.get("preset", name).factory()
     if isinstance(target, Mapping):
         return yaml.safe_dump(dict(target), sort_keys=False), f"preset {name}"
+    if not Path(target).is_file():
+        entry = registry.get("preset", name)
+        raise SpecError([SpecIssue("", f"preset {name!r} of plugin {entry.plugin!r} points at "
+                                   f"a missing file: {target}")])
     return Path(target).read_text(encoding="utf-8"), f"preset {name}"
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+import torch
+
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
-
 from mmcore_image.encoder import ViTConfig, build_vit
 from mmcore_image.preprocess import ImagePreprocessConfig, ImagePreprocessor
 from mmcore_image.tokenizer import PatchEmbedConfig, build_patch_embedding, example_pixels
@@ -12,10 +16,19 @@ from mmcore_image.tokenizer import PatchEmbedConfig, build_patch_embedding, exam
 __version__ = "0.1.0"
 
 
+def example_images(preprocessor: Any, batch_size: int,
+                   generator: torch.Generator) -> list[np.ndarray]:
+    """Random uint8 (H, W, 3) images of differing sizes, for the conformance suite."""
+    sizes = [(20 + 7 * i, 16 + 5 * (i % 2)) for i in range(batch_size)]
+    return [torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8).numpy()
+            for h, w in sizes]
+
+
 @hookimpl
 def register_preprocessors(register: Register) -> None:
     register("image", ImagePreprocessor.from_config, config=ImagePreprocessConfig,
-             tiny={"size": 16}, summary="PIL images, paths or arrays -> normalised (B, 3, S, S)")
+             tiny={"size": 16}, example=example_images,
+             summary="PIL images, paths or arrays -> normalised (B, 3, S, S)")
 
 
 @hookimpl

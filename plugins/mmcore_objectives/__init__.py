@@ -24,6 +24,8 @@ def register_heads(register: Register) -> None:
 @hookimpl
 def register_objectives(register: Register) -> None:
     register("contrastive", build_contrastive, config=ContrastiveConfig,
+             tiny={"pairs": [["alpha", "beta"]]},  # names mmcore.testing provides
              summary="symmetric InfoNCE over named modality pairs, learnable temperature")
     register("classification", build_classification, config=ClassificationConfig,
+             tiny={"head": "logits"},  # the head mmcore.testing provides
              summary="cross-entropy of a head's logits against integer labels")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
-
 from mmcore_text.embedding import TokenEmbeddingConfig, build_token_embedding, example_ids
 from mmcore_text.encoder import TextTransformerConfig, build_text_transformer
 from mmcore_text.preprocess import (
@@ -18,10 +17,17 @@ from mmcore_text.preprocess import (
 __version__ = "0.1.0"
 
 
+def example_texts(preprocessor: object, batch_size: int, generator: object) -> list[str]:
+    """Captions of differing lengths (one over a tiny context), for the conformance suite."""
+    texts = ["a red square", "Ünïcode ✓", "a much longer caption than sixteen bytes of context"]
+    return [texts[i % len(texts)] for i in range(batch_size)]
+
+
 @hookimpl
 def register_preprocessors(register: Register) -> None:
     register("byte-text", ByteTextPreprocessor.from_config, config=ByteTextConfig,
-             tiny={"context_length": 16}, summary="UTF-8 bytes + BOS/EOS, no files needed")
+             tiny={"context_length": 16}, example=example_texts,
+             summary="UTF-8 bytes + BOS/EOS, no files needed")
     register("hf-tokenizer", HFTokenizerPreprocessor.from_config, config=HFTokenizerConfig,
              summary="a Hugging Face tokenizers tokenizer.json")
 
