@@ -1,0 +1,455 @@
+"""The ``mmcore`` command line: plugins, list, validate, inspect, kernels, train and eval.
+
+Each command is a short function that takes the parsed arguments and returns an exit code.
+Torch-heavy modules and the plugins are imported inside the commands. Errors mmcore raises
+on purpose print one line per problem, without a traceback (``--debug`` shows it): exit
+code 2 for an invalid spec or command line, 1 for any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmcore.errors import MMCoreError, SpecError, suggest
+
+if TYPE_CHECKING:
+    from mmcore.plugins import PluginInfo
+    from mmcore.spec import ModelSpec
+    from mmcore.summary import ModelSummary
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEBUG_ENV = "MMCORE_DEBUG"
+
+
+class UsageError(MMCoreError):
+    """Bad command-line input, such as an unknown kind (exit code 2)."""
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                 right: Sequence[int] = ()) -> str:
+    """A plain-text table; columns in ``right`` are right-aligned (numbers)."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout (tensors and paths as strings)."""
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+def _number(value: Any) -> str:
+    """A metric value for a table: floats to 4 decimals, integers with separators."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _load_spec(source: str) -> ModelSpec:
+    """A spec from a YAML path or a preset name (SpecError lists every problem)."""
+    import mmcore
+
+    return mmcore.load_spec(source)
+
+
+def _normalise_kind(kind: str | None, kinds: Sequence[str]) -> str | None:
+    """``kind`` as the registry spells it (plurals accepted), or UsageError with a hint."""
+    if kind is None or kind in kinds:
+        return kind
+    if kind.removesuffix("s") in kinds:
+        return kind.removesuffix("s")
+    hint = suggest(kind, kinds)
+    raise UsageError(f"unknown kind {kind!r}.{hint} Kinds: {', '.join(kinds)}")
+
+
+def _glob(pattern: str) -> str:
+    """A pattern without wildcards matches as a substring."""
+    return pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+
+
+def _grouped(registered: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """(kind, name) pairs -> kind: names, in registration order."""
+    groups: dict[str, list[str]] = {}
+    for kind, name in registered:
+        groups.setdefault(kind, []).append(name)
+    return groups
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every plugin, where it came from, whether it loaded and what it registers."""
+    from mmcore.plugins import plugin_infos
+
+    infos = plugin_infos()
+    if args.json:
+        print_json([info.as_dict() for info in infos])
+        return EXIT_OK
+    for info in infos:
+        print(_plugin_heading(info))
+        for kind, names in _grouped(info.registered).items():
+            print(f"    {kind}: {', '.join(names)}")
+    return EXIT_OK
+
+
+def _plugin_heading(info: PluginInfo) -> str:
+    status = info.status + (f": {info.error}" if info.error else "")
+    return f"{info.name} {info.version} ({info.source}) {status}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List registered names of one kind (or all), with the plugin that owns each."""
+    from mmcore.plugins import get_registry
+
+    registry = get_registry()
+    kind = _normalise_kind(args.kind, registry.kinds())
+    entries = registry.list(kind, _glob(args.pattern))
+    if args.json:
+        print_json([entry.describe() for entry in entries])
+        return EXIT_OK
+    if not entries:
+        print(f"no {kind or 'component'} matches {args.pattern!r}", file=sys.stderr)
+        return EXIT_OK
+    columns = ["kind", "name", "plugin", "summary"] + (["location"] if args.long else [])
+    print(format_table(columns, [[getattr(e, c) for c in columns] for e in entries]))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Load and fully validate each spec (a meta-device build: nothing is allocated)."""
+    code = EXIT_OK
+    for source in args.specs:
+        try:
+            name, total = _validate_one(source)
+        except SpecError as exc:
+            report_error(exc)
+            code = EXIT_USAGE
+            continue
+        print(f"ok: {name} ({total:,} parameters)")
+    return code
+
+
+def _validate_one(source: str) -> tuple[str, int]:
+    from mmcore.builder import build
+    from mmcore.summary import count_parameters
+
+    spec = _load_spec(source)
+    total, _ = count_parameters(build(spec, device="meta"))
+    return spec.name, total
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Summarise a spec's model, built on the meta device: parameters per component."""
+    from mmcore.summary import summarize
+
+    summary = summarize(_load_spec(args.spec))
+    if args.json:
+        print_json(summary.as_dict())
+    else:
+        print(format_summary(summary))
+    return EXIT_OK
+
+
+def format_summary(summary: ModelSummary) -> str:
+    """The human-readable ``mmcore inspect`` report."""
+    rows: list[list[Any]] = [[c.path, c.type, f"{c.parameters:,}", f"{c.trainable:,}"]
+                             for c in summary.components]
+    rows.append(["total", "", f"{summary.parameters:,}", f"{summary.trainable:,}"])
+    title = summary.name + (f": {summary.description}" if summary.description else "")
+    lines = [title, "", format_table(["component", "type", "parameters", "trainable"], rows,
+                                     right=(2, 3)), ""]
+    tokens = ", ".join(f"{m} {'?' if n is None else n}" for m, n in summary.tokens.items())
+    lines.append(f"tokens per modality: {tokens}")
+    kernels = ", ".join(f"{op}={name}" for op, name in summary.kernels.items())
+    lines.append(f"kernels (this machine): {kernels or 'none'}")
+    return "\n".join(lines)
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    """Show which implementation of each op this hardware gets, and why."""
+    from mmcore.kernels import detect_hardware, explain
+
+    hardware = detect_hardware(args.device)
+    rows = explain(hardware)
+    if args.json:
+        print_json({"hardware": hardware.describe(), "device": hardware.device,
+                    "kernels": rows})
+        return EXIT_OK
+    print(f"hardware: {hardware.describe()}")
+    columns = ["op", "candidate", "status", "reason"]
+    print(format_table(columns, [[row[c] for c in columns] for row in rows]))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a spec's model on its data. DIR receives checkpoints, metrics (metrics.jsonl,
+    metrics.csv, loss.png), the spec and the final model.safetensors."""
+    from mmcore.train import train
+
+    spec = _load_spec(args.spec)
+    checkpoint = train(spec, Path(args.out), resume=args.resume, steps=args.steps,
+                       progress=not args.no_progress, device=args.device,
+                       stop_after=args.stop_after, overwrite=args.overwrite)
+    print(f"checkpoint: {checkpoint}")
+    if checkpoint != Path(args.out) / "model.safetensors":
+        print(f"continue: mmcore train {args.spec} --out {args.out} --resume")
+    elif _is_contrastive(spec):
+        print(f"evaluate: mmcore eval {args.out} --task zero-shot  (or --task retrieval)")
+    return EXIT_OK
+
+
+def _is_contrastive(spec: ModelSpec) -> bool:
+    """Whether ``mmcore eval`` applies: an objective that pairs modalities."""
+    return any("pairs" in ref.params for ref in spec.objectives.values())
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a trained contrastive model (a run folder, checkpoint folder or .safetensors
+    file) on its spec's evaluation data."""
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint or run folder at {path}")
+    from mmcore.evaluate import evaluate
+
+    options: dict[str, Any] = {"progress": not args.no_progress, "device": args.device,
+                               "limit": args.limit}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    metrics = evaluate(path, args.task, **options)
+    if args.json:
+        print_json({"checkpoint": str(path), **metrics})
+    else:
+        print(f"{args.task} on {path}")
+        rows = [[key, _number(value)] for key, value in flatten(metrics).items()
+                if key != "task"]
+        print(format_table(["metric", "value"], rows, right=(1,)))
+    return EXIT_OK
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metrics -> ``{"a.b": value}``; lists become comma-separated text."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = ", ".join(str(v) for v in value)
+        else:
+            out[name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- parser
+
+_EXAMPLES = """\
+examples:
+  mmcore plugins                      what is installed and what each plugin registers
+  mmcore list encoder --pattern vit   registered encoders whose name contains 'vit'
+  mmcore validate my-model.yaml       check a spec without allocating anything
+  mmcore inspect clip-vit-b-32        parameters per component of a preset
+  mmcore train clip-tiny --out runs/clip-tiny
+  mmcore eval runs/clip-tiny --task zero-shot
+"""
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _command(sub: Any, name: str, func: Callable[[argparse.Namespace], int],
+             summary: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=inspect.cleandoc(func.__doc__ or summary), epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_inspection_commands(sub: Any) -> None:
+    p = _command(sub, "plugins", cmd_plugins, "list plugins, their status and registrations",
+                 "Plugins come from registry.yaml (builtin) and the 'mmcore.plugins' entry-point\n"
+                 "group; MMCORE_PLUGINS_ALLOW / MMCORE_PLUGINS_BLOCK (comma-separated globs)\n"
+                 "choose which load.")
+    _add_json(p)
+    p = _command(sub, "list", cmd_list, "list registered components, optionally of one kind",
+                 "kinds: preprocessor, tokenizer, encoder, fusion, head, objective, dataset, "
+                 "preset")
+    p.add_argument("kind", nargs="?", metavar="KIND",
+                   help="one kind of component (plural forms work too)")
+    p.add_argument("--pattern", default="*",
+                   help="glob on the name; without wildcards it matches a substring")
+    p.add_argument("-l", "--long", action="store_true", help="also show file:line of each")
+    _add_json(p)
+    p = _command(sub, "kernels", cmd_kernels, "show the kernel chosen for each op here, and why",
+                 "MMCORE_KERNEL_<OP>=<candidate> (e.g. MMCORE_KERNEL_ATTENTION=reference) forces "
+                 "a choice.")
+    p.add_argument("--device", default=None,
+                   help="device to explain for, e.g. cpu or cuda (default: cuda if present)")
+    _add_json(p)
+
+
+def _add_spec_commands(sub: Any) -> None:
+    p = _command(sub, "validate", cmd_validate, "check specs fully without allocating memory",
+                 "Prints 'ok: NAME (N parameters)' per spec, or every problem with its key path\n"
+                 "and YAML line. Exit code 2 if any spec is invalid.")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="a YAML file or a preset name")
+    p = _command(sub, "inspect", cmd_inspect, "parameters per component and tokens per modality",
+                 "The model is built on the meta device, so even large models cost no memory.")
+    p.add_argument("spec", metavar="SPEC", help="a YAML file or a preset name")
+    _add_json(p)
+
+
+def _add_run_commands(sub: Any) -> None:
+    p = _command(sub, "train", cmd_train, "train a model from a spec",
+                 "example: mmcore train clip-tiny --out runs/clip-tiny --steps 200")
+    p.add_argument("spec", metavar="SPEC", help="a YAML file or a preset name")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder for checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from DIR's newest complete checkpoint (fresh if none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run in DIR and start again")
+    p.add_argument("--steps", type=_positive_int, metavar="N",
+                   help="train N steps in all (default: the spec's train.steps)")
+    p.add_argument("--stop-after", type=_positive_int, metavar="N",
+                   help="stop at step N with a checkpoint; --resume continues later")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p = _command(sub, "eval", cmd_eval, "evaluate a trained checkpoint",
+                 "example: mmcore eval runs/clip-tiny --task retrieval --json")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a run folder, a checkpoint folder or a .safetensors file")
+    p.add_argument("--task", required=True, choices=["zero-shot", "retrieval"],
+                   help="zero-shot: classify by prompts of the class names (top-1/top-5); "
+                        "retrieval: recall@k both ways between the paired modalities")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N",
+                   help="items embedded at once (default: evaluate's own)")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="evaluate only the first N items of the evaluation data")
+    p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    _add_json(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mmcore`` argument parser with every subcommand."""
+    from mmcore import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mmcore", description="Compose, train and evaluate multimodal transformers.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mmcore {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_inspection_commands(sub)
+    _add_spec_commands(sub)
+    _add_run_commands(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def report_error(exc: BaseException) -> None:
+    """Print ``exc`` as ``error: ...`` on stderr, one line per problem, no traceback."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        message = f"{exc.strerror}: {exc.filename}"
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _concise_warnings() -> Iterator[None]:
+    """Warnings (e.g. a plugin that failed to load) as one ``warning:`` line each."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        yield
+
+
+def _exit_code(exc: BaseException) -> int:
+    return EXIT_USAGE if isinstance(exc, (SpecError, UsageError)) else EXIT_FAILURE
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command, turning expected errors into a message and an exit code."""
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        with _concise_warnings():
+            code: int = args.func(args)
+            return code
+    except (MMCoreError, OSError, ValueError) as exc:
+        if debug:
+            raise
+        report_error(exc)
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mmcore`` entry point; returns the exit code (0 ok, 1 failure, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    return run_command(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
