@@ -7,7 +7,7 @@ A plugin module implements any of these with ``@mmcore.hookimpl``::
         register("my-encoder", MyEncoder.from_config, config=MyEncoderConfig,
                  tiny={"width": 16}, summary="what it does")
 
-``register(name, factory, *, config, summary="", tiny=None, example=None)``: ``factory``
+``register(name, factory, *, config, summary="", tiny=None, example=None, cost=None)``: ``factory``
 is called as ``factory(params, ctx)`` with the validated ``config`` instance and a
 :class:`mmcore.builder.BuildContext`. Presets register ``register(name, path_or_dict)``.
 """

@@ -35,6 +35,8 @@ class MultimodalModel(nn.Module):
         self.preprocessors = dict(preprocessors or {})
         self.kernels = kernels or KernelSet()
         self.spec = spec
+        self.modality_dropout: dict[str, float] = dict(
+            getattr(spec, "modality_dropout", None) or {})
 
     @property
     def modalities(self) -> list[str]:
@@ -63,6 +65,26 @@ class MultimodalModel(nn.Module):
             if name in self.encoders:
                 tokens = self.encoders[name](tokens)
             out[name] = tokens
+        if self.training and self.modality_dropout:
+            out = self._drop_modalities(out)
+        return out
+
+    def _drop_modalities(self, tokens: dict[str, Tokens]) -> dict[str, Tokens]:
+        """Mask out whole modalities per sample with their ``modality_dropout`` probability;
+        a sample never loses every modality it has."""
+        names = [n for n in tokens if self.modality_dropout.get(n, 0.0) > 0]
+        if not names:
+            return tokens
+        any_x = next(iter(tokens.values())).x
+        b = any_x.shape[0]
+        drop = {n: torch.rand(b, device=any_x.device) < self.modality_dropout[n] for n in names}
+        kept = torch.stack([~drop[n] if n in drop else torch.ones(b, dtype=torch.bool,
+                                                                  device=any_x.device)
+                            for n in tokens]).any(0)  # (B,) some modality survives
+        out = dict(tokens)
+        for n in names:
+            keep = ~drop[n] | ~kept  # undo the drop where it would remove everything
+            out[n] = Tokens(tokens[n].x, tokens[n].valid() & keep[:, None])
         return out
 
     def forward(self, batch: Batch) -> ModelOutput:

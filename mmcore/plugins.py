@@ -119,10 +119,11 @@ class _Collector:
 
         def register(name: str, factory: Callable[..., Any], *, config: type = NoConfig,
                      summary: str = "", tiny: dict[str, Any] | None = None,
-                     example: Callable[..., Any] | None = None) -> None:
+                     example: Callable[..., Any] | None = None,
+                     cost: Callable[..., Any] | None = None) -> None:
             doc = summary or (factory.__doc__ or "").strip().split("\n")[0]
             self.entries.append(Entry(kind, name, factory, config, self.plugin, self.version,
-                                      source_location(factory), doc, tiny, example))
+                                      source_location(factory), doc, tiny, example, cost))
 
         return register
 

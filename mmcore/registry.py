@@ -52,6 +52,8 @@ class Entry:
     tiny: dict[str, Any] | None = None
     #: ``example(module, batch_size, generator) -> input`` for the conformance suite.
     example: Callable[..., Any] | None = None
+    #: ``cost(params, ctx: mmcore.cost.CostContext) -> mmcore.cost.Cost``, analytic
+    cost: Callable[..., Any] | None = None
 
     def describe(self) -> dict[str, str]:
         return {

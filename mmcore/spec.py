@@ -137,12 +137,20 @@ class ModelSpec(BaseModel):
     data: ComponentRef | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
     kernels: dict[str, str] = Field(default_factory=dict)
+    #: modality -> probability that a training sample loses that modality (its tokens
+    #: are masked out), so the model learns to work when it is missing
+    modality_dropout: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _names(self) -> ModelSpec:
         for name in self.modalities:
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name == "fused":
                 raise ValueError(f"modality name {name!r} must be lower_snake_case, not 'fused'")
+        for name, p in self.modality_dropout.items():
+            if name not in self.modalities:
+                raise ValueError(f"modality_dropout names unknown modality {name!r}")
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"modality_dropout[{name}] = {p} must lie in [0, 1)")
         return self
 
     def components(self) -> Iterator[tuple[str, str, ComponentRef]]:

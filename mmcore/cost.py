@@ -1,0 +1,99 @@
+"""Analytic cost of a spec: parameters, forward FLOPs and activation memory, computed from
+the params alone (nothing is built). Convention: 2 FLOPs per multiply-add; FLOPs and
+activations are per sample (batch size 1) and scale linearly with the batch.
+
+A component registers ``cost=fn`` beside its factory: ``fn(params, ctx: CostContext) -> Cost``.
+The helpers below (linear, attention, transformer_block, ...) let plugins compose costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A per-sample token sequence: ``tokens`` x ``width``."""
+
+    tokens: int
+    width: int
+
+
+@dataclass
+class Cost:
+    """Cost of one component for one sample.
+
+    ``activations``: elements saved for the backward pass (what training memory needs).
+    ``attention_scores``: query-key scores per head of the component's largest attention
+    pattern, for one layer (e.g. 196 x 128 = 25,088 for image->text cross-attention).
+    ``out``: the Shape the component emits (tokenizers, encoders) or None.
+    ``embeddings``: pooled embedding widths by name (fusions).
+    """
+
+    params: int = 0
+    flops: int = 0
+    activations: int = 0
+    attention_scores: int = 0
+    out: Shape | None = None
+    embeddings: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.params + other.params, self.flops + other.flops,
+                    self.activations + other.activations,
+                    max(self.attention_scores, other.attention_scores),
+                    other.out or self.out, {**self.embeddings, **other.embeddings})
+
+    def times(self, n: int) -> Cost:
+        """``n`` identical copies (e.g. n layers)."""
+        return Cost(self.params * n, self.flops * n, self.activations * n,
+                    self.attention_scores, self.out, dict(self.embeddings))
+
+
+@dataclass
+class CostContext:
+    """What a cost function knows of its neighbours (mirrors BuildContext)."""
+
+    in_shape: Shape | None = None  # encoders: the tokens they receive
+    shapes: dict[str, Shape] = field(default_factory=dict)  # fusions: per modality
+    embedding_widths: dict[str, int] = field(default_factory=dict)  # heads, objectives
+    heads: dict[str, int] = field(default_factory=dict)
+
+
+def linear(tokens: int, d_in: int, d_out: int, bias: bool = True) -> Cost:
+    """A Linear over ``tokens`` rows: (tokens, d_in) -> (tokens, d_out)."""
+    return Cost(params=d_in * d_out + (d_out if bias else 0), flops=2 * tokens * d_in * d_out,
+                activations=tokens * d_in)
+
+
+def norm(tokens: int, width: int, affine_params: int = 2) -> Cost:
+    """LayerNorm (2 params per channel) or RMSNorm (1); FLOPs are negligible and ignored."""
+    return Cost(params=affine_params * width, activations=tokens * width)
+
+
+def attention(nq: int, nk: int, width: int, heads: int, kv_width: int | None = None,
+              bias: bool = True) -> Cost:
+    """Multi-head attention: q/k/v/out projections + scores (nq x nk per head) + weighted sum."""
+    kv_width = kv_width or width
+    proj = (linear(nq, width, width, bias) + linear(nk, kv_width, width, bias)
+            + linear(nk, kv_width, width, bias) + linear(nq, width, width, bias))
+    core = Cost(flops=2 * 2 * nq * nk * width,  # q k^T and p v, over all heads
+                activations=heads * nq * nk + 3 * nq * width, attention_scores=nq * nk)
+    return proj + core
+
+
+def mlp(tokens: int, width: int, hidden: int, bias: bool = True) -> Cost:
+    """Linear -> activation -> Linear."""
+    return linear(tokens, width, hidden, bias) + linear(tokens, hidden, width, bias) + Cost(
+        activations=tokens * hidden)
+
+
+def transformer_block(tokens: int, width: int, heads: int, mlp_ratio: float = 4.0,
+                      cross: Shape | None = None) -> Cost:
+    """Pre-norm block as in :class:`mmcore.layers.TransformerBlock` (optional cross-attn)."""
+    cost = norm(tokens, width) + attention(tokens, tokens, width, heads)
+    if cross is not None:
+        cost = cost + norm(tokens, width) + attention(tokens, cross.tokens, width, heads,
+                                                      kv_width=cross.width)
+    cost = cost + norm(tokens, width) + mlp(tokens, width, int(width * mlp_ratio))
+    return Cost(cost.params, cost.flops, cost.activations, cost.attention_scores,
+                Shape(tokens, width))

@@ -1,0 +1,3 @@
+"""mmcore audio modality (being written)."""
+
+__version__ = "0.1.0"
