@@ -21,7 +21,8 @@ class BuildContext:
     """What a factory may know about its neighbours when it is built.
 
     ``in_width``: width of the Tokens this component receives (encoders, tokenizer None).
-    ``widths``: per-modality encoder output widths (fusions).
+    ``widths``: per-modality encoder output widths (fusions; objectives that read
+    ``ModelOutput.tokens`` fall back to them).
     ``embedding_widths``: the fusion's pooled-embedding widths by name (heads, objectives).
     """
 
@@ -109,7 +110,8 @@ def _build_parts(spec: ModelSpec, registry: Registry, ctx: BuildContext,
         fctx = BuildContext(kernels=ctx.kernels, widths=dict(sorted(widths.items())))
         with _at("fusion", issues):
             fusion = make_component(registry, "fusion", spec.fusion, fctx)
-    heads, objectives = _build_tops(spec, registry, ctx, fusion, issues)
+    tctx = BuildContext(kernels=ctx.kernels, widths=dict(sorted(widths.items())))
+    heads, objectives = _build_tops(spec, registry, tctx, fusion, issues)
     return {"preprocessors": pre, "tokenizers": tok, "encoders": enc, "fusion": fusion,
             "heads": heads, "objectives": objectives}
 
@@ -124,7 +126,7 @@ def _build_tops(spec: ModelSpec, registry: Registry, ctx: BuildContext, fusion: 
     for name, ref in spec.heads.items():
         with _at(f"heads.{name}", issues):
             heads[name] = make_component(registry, "head", ref, hctx)
-    octx = BuildContext(kernels=ctx.kernels, embedding_widths=emb,
+    octx = BuildContext(kernels=ctx.kernels, embedding_widths=emb, widths=dict(ctx.widths),
                         heads={n: h.out_features for n, h in heads.items()})
     objectives: dict[str, Any] = {}
     for name, oref in spec.objectives.items():

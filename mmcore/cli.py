@@ -184,10 +184,14 @@ def _validate_one(source: str) -> tuple[str, int]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Summarise a spec's model, built on the meta device: parameters per component."""
+    """Analyse a spec without allocating it: per component, the parameters, forward FLOPs,
+    activation memory and attention scores per head, computed from the components' cost
+    functions; training memory at a batch size and dtype; the parameter counts of the model
+    built on the meta device as a cross-check; the spec's reference figures and fusion
+    comparison (metadata.reference, metadata.compare) when it has them."""
     from mmcore.summary import summarize
 
-    summary = summarize(_load_spec(args.spec))
+    summary = summarize(_load_spec(args.spec), batch_size=args.batch_size, dtype=args.dtype)
     if args.json:
         print_json(summary.as_dict())
     else:
@@ -195,19 +199,169 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _si(value: int | None, unit: str = "") -> str:
+    """1234567 -> '1.23 M' (n/a for None)."""
+    if value is None:
+        return "n/a"
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value} {unit}".rstrip()
+
+
+def _bytes(value: int | None) -> str:
+    """Bytes in binary units: 1536 -> '1.50 KiB'."""
+    if value is None:
+        return "n/a"
+    for scale, prefix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= scale:
+            return f"{value / scale:.2f} {prefix}"
+    return f"{value} B"
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
 def format_summary(summary: ModelSummary) -> str:
     """The human-readable ``mmcore inspect`` report."""
+    title = summary.name + (f": {summary.description}" if summary.description else "")
+    lines = [title, ""]
+    if summary.cost is not None:
+        lines += [_cost_table(summary), ""]
+    else:
+        lines += [_parameter_table(summary), ""]
+    tokens = ", ".join(f"{m} {'?' if n is None else n}" for m, n in summary.tokens.items())
+    lines.append(f"tokens per modality: {tokens}")
+    if summary.cost is not None:
+        lines += _cost_notes(summary)
+    if summary.reference is not None:
+        lines += ["", *_reference_lines(summary)]
+    if summary.compare:
+        lines += ["", *_compare_lines(summary)]
+    kernels = ", ".join(f"{op}={name}" for op, name in summary.kernels.items())
+    lines += ["", f"kernels (this machine): {kernels or 'none'}"]
+    return "\n".join(lines)
+
+
+def _parameter_table(summary: ModelSummary) -> str:
     rows: list[list[Any]] = [[c.path, c.type, f"{c.parameters:,}", f"{c.trainable:,}"]
                              for c in summary.components]
     rows.append(["total", "", f"{summary.parameters:,}", f"{summary.trainable:,}"])
-    title = summary.name + (f": {summary.description}" if summary.description else "")
-    lines = [title, "", format_table(["component", "type", "parameters", "trainable"], rows,
-                                     right=(2, 3)), ""]
-    tokens = ", ".join(f"{m} {'?' if n is None else n}" for m, n in summary.tokens.items())
-    lines.append(f"tokens per modality: {tokens}")
-    kernels = ", ".join(f"{op}={name}" for op, name in summary.kernels.items())
-    lines.append(f"kernels (this machine): {kernels or 'none'}")
-    return "\n".join(lines)
+    return format_table(["component", "type", "parameters", "trainable"], rows, right=(2, 3))
+
+
+def _cost_table(summary: ModelSummary) -> str:
+    """One row per spec component: analytic cost beside the meta-built count."""
+    cost = summary.cost
+    assert cost is not None
+    half = 2 if cost.dtype in ("bf16", "fp16") else 4
+    per_batch = cost.batch_size * half
+    rows: list[list[Any]] = []
+    for c in cost.components:
+        built = "-" if c.built_parameters is None else f"{c.built_parameters:,}"
+        if c.built_parameters is not None and c.parameters not in (None, c.built_parameters):
+            built += " (!)"
+        acts = None if c.activations is None else c.activations * per_batch
+        scores = "n/a" if c.parameters is None else _count(c.attention_scores or None)
+        rows.append([c.path, c.type, _count(c.parameters), built, _si(c.flops, "FLOP"),
+                     _bytes(acts), scores.replace("n/a", "-") if c.parameters is not None
+                     else scores])
+    total = f"{cost.parameters:,}" + (" (partial)" if cost.partial else "")
+    rows.append(["total", "", total, f"{summary.parameters:,}", _si(cost.flops, "FLOP"),
+                 _bytes(cost.activations * per_batch), ""])
+    headers = ["component", "type", "parameters", "meta build", "forward FLOPs",
+               f"activations (batch {cost.batch_size}, {cost.dtype})", "scores/head"]
+    return format_table(headers, rows, right=(2, 3, 4, 5, 6))
+
+
+def _cost_notes(summary: ModelSummary) -> list[str]:
+    cost = summary.cost
+    assert cost is not None
+    lines = []
+    if cost.attention_scores is not None:
+        lines.append(f"attention scores per head in one fusion layer: "
+                     f"{cost.attention_scores:,}")
+    missing = [f"  {c.path}: {c.note}" for c in cost.components if c.parameters is None]
+    if missing:
+        lines += ["n/a (left out of the totals, which are therefore partial):", *missing]
+    differ = [c.path for c in cost.components if c.built_parameters is not None
+              and c.parameters is not None and c.parameters != c.built_parameters]
+    if differ:
+        lines.append(f"(!) the analytic count differs from the built module: {', '.join(differ)}")
+    memory = cost.memory
+    lines += ["", *_wrap("FLOPs: " + cost.flops_convention),
+              f"training memory (batch {cost.batch_size}, {cost.dtype}, AdamW): "
+              f"weights {_bytes(memory['weights'])} + gradients {_bytes(memory['gradients'])}"
+              f" + optimizer {_bytes(memory['optimizer'])} + activations "
+              f"{_bytes(memory['activations'])} = {_bytes(memory['total'])}"
+              + (" (partial)" if cost.partial else "")]
+    for assumption in cost.assumptions:
+        lines += _wrap(f"assumes {assumption}", "  ")
+    return lines
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    """``text`` wrapped to 100 columns, continuation lines indented two more spaces."""
+    import textwrap
+
+    return textwrap.wrap(text, 100, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_on_hyphens=False)
+
+
+def _reference_lines(summary: ModelSummary) -> list[str]:
+    from mmcore.summary import EXCLUSIONS
+
+    ref = summary.reference
+    assert ref is not None
+    convention = ("every parameter" if not ref.excludes else "leaving out " + " and ".join(
+        EXCLUSIONS[e] for e in ref.excludes))
+    lines = [*_wrap(f"reference: {ref.source}"), *_wrap(f"its convention: {convention}", "  ")]
+    rows: list[list[Any]] = []
+    if ref.parameters is not None:
+        rows.append(["parameters", f"{ref.parameters:,}", _count(ref.counted),
+                     _verdict(ref.parameters, ref.counted), _count(ref.full),
+                     _worth(ref.excluded)])
+    if ref.layer_parameters is not None:
+        rows.append([f"one layer of {ref.layer} (of {ref.layers})",
+                     f"{ref.layer_parameters:,}", _count(ref.layer_counted),
+                     _verdict(ref.layer_parameters, ref.layer_counted), _count(ref.layer_full),
+                     _worth(ref.layer_excluded)])
+    table = format_table(["", "reference", "mmcore, same convention", "", "mmcore, all",
+                          "difference"], rows, right=(1, 2, 4))
+    lines += ["  " + line for line in table.splitlines()]
+    if ref.note:
+        lines += _wrap(f"note: {ref.note}", "  ")
+    return lines
+
+
+def _verdict(reference: int, ours: int | None) -> str:
+    if ours == reference:
+        return "matches"
+    return "n/a" if ours is None else f"differs by {ours - reference:+,}"
+
+
+def _worth(excluded: Mapping[str, int]) -> str:
+    """What the left-out parameters are worth: '+115,088 biases + 1 objectives'."""
+    return " ".join(f"+{n:,} {name}" for name, n in excluded.items()) or "-"
+
+
+def _compare_lines(summary: ModelSummary) -> list[str]:
+    rows: list[list[Any]] = []
+    for v in summary.compare:
+        fusion = _count(v.fusion_parameters)
+        if v.fusion_parameters is not None and v.fusion_parameters != v.built_fusion_parameters:
+            fusion += f" (built {_count(v.built_fusion_parameters)}!)"
+        scores = _count(v.attention_scores) if v.attention_scores or v.note else "-"
+        rows.append([v.name, v.fusion, fusion, _si(v.fusion_flops, "FLOP"), scores,
+                     f"{v.parameters:,}" + (" (partial)" if v.partial else ""),
+                     _si(v.flops, "FLOP")])
+    headers = ["variant", "fusion", "fusion params", "fusion FLOPs", "scores/head",
+               "model params", "model FLOPs"]
+    notes = [f"  {v.name}: {v.note}" for v in summary.compare if v.note]
+    return [*_wrap("fusion comparison (metadata.compare): forward FLOPs per sample; scores/head "
+                   "= query-key scores per head in one layer of the fusion's largest attention"),
+            format_table(headers, rows, right=(2, 3, 4, 5, 6)), *notes]
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
@@ -339,9 +493,17 @@ def _add_spec_commands(sub: Any) -> None:
                  "Prints 'ok: NAME (N parameters)' per spec, or every problem with its key path\n"
                  "and YAML line. Exit code 2 if any spec is invalid.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="a YAML file or a preset name")
-    p = _command(sub, "inspect", cmd_inspect, "parameters per component and tokens per modality",
-                 "The model is built on the meta device, so even large models cost no memory.")
+    p = _command(sub, "inspect", cmd_inspect,
+                 "parameters, FLOPs, memory and attention cost per component",
+                 "Costs are analytic (2 FLOPs per multiply-add, per sample); the model is also\n"
+                 "built on the meta device as a cross-check, so even large models cost no\n"
+                 "memory. example: mmcore inspect fusion-compare")
     p.add_argument("spec", metavar="SPEC", help="a YAML file or a preset name")
+    p.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+                   help="batch size for activation and training memory (default 1)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="training precision for memory (bf16/fp16: mixed precision with fp32 "
+                        "master weights; default fp32)")
     _add_json(p)
 
 

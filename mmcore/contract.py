@@ -60,11 +60,16 @@ class FusionOutput:
 
 @dataclass
 class ModelOutput:
-    """Everything a forward pass produced; objectives and evaluation read it."""
+    """Everything a forward pass produced; objectives and evaluation read it.
+
+    ``prepared``: what the reading objective's own ``prepare`` hook returned for this
+    forward pass (see :class:`Objective`); :meth:`MultimodalModel.loss` sets it per objective.
+    """
 
     tokens: dict[str, Tokens]
     embeddings: dict[str, Tensor]
     heads: dict[str, Tensor] = field(default_factory=dict)
+    prepared: Any = None
 
 
 @runtime_checkable
@@ -107,7 +112,13 @@ class Head(torch.nn.Module):
 
 
 class Objective(torch.nn.Module):
-    """(model output, batch) -> named losses and metrics; ``"loss"`` is what trains."""
+    """(model output, batch) -> named losses and metrics; ``"loss"`` is what trains.
+
+    An objective that must change the model's input (masked modelling) may also define
+    ``prepare(batch, tokens) -> (tokens, state)``: :meth:`MultimodalModel.loss` calls it on
+    the tokenizer outputs ``{modality: Tokens}`` before the encoders and hands ``state``
+    back to this objective as ``output.prepared``. Plain ``model(batch)`` never calls it.
+    """
 
     def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError

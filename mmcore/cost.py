@@ -4,11 +4,15 @@ activations are per sample (batch size 1) and scale linearly with the batch.
 
 A component registers ``cost=fn`` beside its factory: ``fn(params, ctx: CostContext) -> Cost``.
 The helpers below (linear, attention, transformer_block, ...) let plugins compose costs.
+``params`` must equal the built module's parameter count exactly (tests/test_cost.py checks
+every registered cost function); FLOPs count matrix products, convolutions and attention
+(q k^T and p v) and leave out softmax, norms, activations and other element-wise work, as
+``torch.utils.flop_counter.FlopCounterMode`` does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,10 @@ class Cost:
     ``activations``: elements saved for the backward pass (what training memory needs).
     ``attention_scores``: query-key scores per head of the component's largest attention
     pattern, for one layer (e.g. 196 x 128 = 25,088 for image->text cross-attention).
-    ``out``: the Shape the component emits (tokenizers, encoders) or None.
-    ``embeddings``: pooled embedding widths by name (fusions).
+    ``out``: the Shape the component emits (tokenizers, encoders), ``Shape(1, out_features)``
+    for a head (objectives read it as ``CostContext.heads``), or None.
+    ``embeddings``: pooled embedding widths by name (fusions; heads and objectives read them
+    as ``CostContext.embedding_widths``).
     """
 
     params: int = 0
@@ -97,3 +103,79 @@ def transformer_block(tokens: int, width: int, heads: int, mlp_ratio: float = 4.
     cost = cost + norm(tokens, width) + mlp(tokens, width, int(width * mlp_ratio))
     return Cost(cost.params, cost.flops, cost.activations, cost.attention_scores,
                 Shape(tokens, width))
+
+
+def embedding(rows: int, width: int) -> Cost:
+    """A learned table ``(rows, width)`` (token embeddings, positions, special tokens): only
+    parameters; a lookup or an addition is no multiply-add."""
+    return Cost(params=rows * width)
+
+
+def transformer_stack(tokens: int, width: int, layers: int, heads: int, mlp_ratio: float = 4.0,
+                      *, pre_norm: bool = False, final_norm: bool = True,
+                      cross: Shape | None = None) -> Cost:
+    """:class:`mmcore.layers.TransformerStack`: optional input norm, ``layers`` blocks,
+    optional final norm. (tokens, width) -> (tokens, width)."""
+    cost = transformer_block(tokens, width, heads, mlp_ratio, cross).times(layers)
+    if pre_norm:
+        cost = norm(tokens, width) + cost
+    if final_norm:
+        cost = cost + norm(tokens, width)
+    return replace(cost, out=Shape(tokens, width))
+
+
+def with_out(cost: Cost, out: Shape | None) -> Cost:
+    """``cost`` emitting ``out``; a head reports ``Shape(1, out_features)``."""
+    return replace(cost, out=out)
+
+# ----------------------------------------------------------------------------- memory
+
+#: Bytes per element of each training dtype ``mmcore inspect --dtype`` accepts.
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+#: What :func:`training_memory` assumes, in words (``mmcore inspect`` prints these).
+MEMORY_ASSUMPTIONS = {
+    "fp32": "fp32 training: weights 4 B + gradients 4 B + AdamW moments 2 x 4 B = 16 B per "
+            "parameter; activations 4 B per element",
+    "bf16": "mixed precision: fp32 master weights 4 B + a bf16 working copy 2 B + bf16 "
+            "gradients 2 B + fp32 AdamW moments 2 x 4 B = 16 B per parameter; activations "
+            "2 B per element",
+    "fp16": "mixed precision: fp32 master weights 4 B + an fp16 working copy 2 B + fp16 "
+            "gradients 2 B + fp32 AdamW moments 2 x 4 B = 16 B per parameter; activations "
+            "2 B per element",
+}
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes one AdamW training step holds at ``batch_size`` in ``dtype`` (no activation
+    checkpointing, no sharding; framework workspace and fragmentation left out)."""
+
+    dtype: str
+    batch_size: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def training_memory(params: int, activations: int, *, batch_size: int,
+                    dtype: str = "fp32") -> TrainingMemory:
+    """Training memory of a model with ``params`` parameters that saves ``activations``
+    elements per sample for the backward pass (see :data:`MEMORY_ASSUMPTIONS`)."""
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
+    half = DTYPE_BYTES[dtype]
+    weights = params * (4 + (half if half != 4 else 0))  # fp32 master (+ working copy)
+    return TrainingMemory(dtype, batch_size, weights=weights, gradients=params * half,
+                          optimizer=params * 8, activations=activations * batch_size * half)
+
+
+def zero_cost(params: object, ctx: CostContext) -> Cost:
+    """The cost of a component with no parameters and no model FLOPs (a preprocessor runs
+    in the data loader, outside the model)."""
+    return Cost()

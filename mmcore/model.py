@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -53,21 +54,34 @@ class MultimodalModel(nn.Module):
                            f"it has {sorted(self.preprocessors)}")
         return self.preprocessors[modality](items)
 
-    def encode(self, batch: Batch) -> dict[str, Tokens]:
-        """Tokenize and encode each modality present in ``batch``. -> name: (B, N, D)."""
+    def encode(self, batch: Batch, prepared: dict[str, Any] | None = None) -> dict[str, Tokens]:
+        """Tokenize and encode each modality present in ``batch``. -> name: (B, N, D).
+
+        With ``prepared`` (a dict to fill), objectives that define ``prepare`` rewrite the
+        tokenizer outputs before the encoders and leave their state in ``prepared[name]``.
+        """
         present = [m for m in self.modalities if batch.get(m) is not None]
         if not present:
             raise ValueError(f"batch has none of this model's modalities {self.modalities}; "
                              f"its keys are {sorted(batch)}")
-        out = {}
-        for name in present:
-            tokens = self.tokenizers[name](_to_device(batch[name], self._device()))
-            if name in self.encoders:
-                tokens = self.encoders[name](tokens)
-            out[name] = tokens
+        device = self._device()
+        out = {name: self.tokenizers[name](_to_device(batch[name], device)) for name in present}
+        if prepared is not None:
+            out = self._prepare(batch, out, prepared)
+        out = {name: self.encoders[name](t) if name in self.encoders else t
+               for name, t in out.items()}
         if self.training and self.modality_dropout:
             out = self._drop_modalities(out)
         return out
+
+    def _prepare(self, batch: Batch, tokens: dict[str, Tokens],
+                 prepared: dict[str, Any]) -> dict[str, Tokens]:
+        """Run each objective's optional ``prepare(batch, tokens) -> (tokens, state)``."""
+        for name, objective in self.objectives.items():
+            hook = getattr(objective, "prepare", None)
+            if hook is not None:
+                tokens, prepared[name] = hook(batch, tokens)
+        return tokens
 
     def _drop_modalities(self, tokens: dict[str, Tokens]) -> dict[str, Tokens]:
         """Mask out whole modalities per sample with their ``modality_dropout`` probability;
@@ -87,8 +101,8 @@ class MultimodalModel(nn.Module):
             out[n] = Tokens(tokens[n].x, tokens[n].valid() & keep[:, None])
         return out
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        fused: FusionOutput = self.fusion(self.encode(batch))
+    def forward(self, batch: Batch, prepared: dict[str, Any] | None = None) -> ModelOutput:
+        fused: FusionOutput = self.fusion(self.encode(batch, prepared))
         heads = {name: head(fused) for name, head in self.heads.items()}
         return ModelOutput(tokens=fused.tokens, embeddings=fused.embeddings, heads=heads)
 
@@ -98,14 +112,20 @@ class MultimodalModel(nn.Module):
 
     def loss(self, batch: Batch, output: ModelOutput | None = None) -> dict[str, Tensor]:
         """Weighted sum of the objectives as ``loss``, plus each objective's terms as
-        ``<objective>/<name>``."""
+        ``<objective>/<name>``.
+
+        Without ``output``, the forward pass runs the objectives' ``prepare`` hooks (in train
+        and eval mode alike) and each objective reads its own state as ``output.prepared``.
+        """
         if not self.objectives:
             raise ValueError("this model has no objectives; add some under 'objectives:'")
-        output = output if output is not None else self(batch)
+        prepared: dict[str, Any] = {}
+        output = output if output is not None else self(batch, prepared=prepared)
         total: Tensor | None = None
         logs: dict[str, Tensor] = {}
         for name, objective in self.objectives.items():
-            terms = objective(output, batch)
+            own = replace(output, prepared=prepared[name]) if name in prepared else output
+            terms = objective(own, batch)
             weighted = terms["loss"] * self.objective_weights[name]
             total = weighted if total is None else total + weighted
             logs.update({f"{name}/{k}": v for k, v in terms.items()})

@@ -140,6 +140,9 @@ class ModelSpec(BaseModel):
     #: modality -> probability that a training sample loses that modality (its tokens
     #: are masked out), so the model learns to work when it is missing
     modality_dropout: dict[str, float] = Field(default_factory=dict)
+    #: notes the builder ignores; ``mmcore inspect`` reads ``reference`` (published figures
+    #: to compare with) and ``compare`` (fusion variants to cost side by side)
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _names(self) -> ModelSpec:

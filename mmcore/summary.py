@@ -1,16 +1,22 @@
-"""Model summaries for ``mmcore inspect``: parameters per component and tokens per modality.
+"""Model summaries for ``mmcore inspect``: parameters per component, tokens per modality,
+and the analytic cost of a spec (parameters, FLOPs, activation and training memory).
 
-Everything here works on a model built on the meta device, so summarising CLIP ViT-B/32
-(151M parameters) allocates no parameter memory.
+The analytic cost comes from each component's registered cost function (mmcore.cost), walked
+in model order without building anything. The parameter counts of a model built on the meta
+device (no memory allocated, even for CLIP ViT-B/32's 151M parameters) are the cross-check.
+A spec's ``metadata`` may hold ``reference`` figures (a publication's parameter counts, with
+what its counting leaves out) and ``compare`` (fusion variants costed side by side).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from mmcore.contract import Tokens
@@ -44,9 +50,16 @@ class ModelSummary:
     #: modality -> tokens entering the fusion (None where it could not be worked out)
     tokens: dict[str, int | None] = field(default_factory=dict)
     kernels: dict[str, str] = field(default_factory=dict)
+    #: the analytic cost (filled by :func:`summarize`)
+    cost: CostSummary | None = None
+    reference: ReferenceCheck | None = None
+    compare: list[VariantCost] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.reference is not None:
+            data["reference"]["matches"] = self.reference.matches
+        return data
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
@@ -141,12 +154,405 @@ def summarize_model(model: MultimodalModel, registry: Registry | None = None) ->
                         trainable, tokens, dict(model.kernel_choices))
 
 
-def summarize(spec: ModelSpec, registry: Registry | None = None) -> ModelSummary:
-    """Build ``spec`` on the meta device (full validation, no memory) and summarise it.
+def summarize(spec: ModelSpec, registry: Registry | None = None, *, batch_size: int = 1,
+              dtype: str = "fp32") -> ModelSummary:
+    """Build ``spec`` on the meta device (full validation, no memory) and summarise it,
+    with its analytic cost at ``batch_size`` and ``dtype`` (fp32, bf16 or fp16), its
+    reference figures and its fusion comparison, if it has them.
 
-    Raises :class:`mmcore.SpecError` if the spec does not build.
+    Raises :class:`mmcore.SpecError` if the spec (or a compared variant) does not build.
     """
     from mmcore.builder import build
 
     model = build(spec, registry=registry, device="meta")
-    return summarize_model(model, registry)
+    summary = summarize_model(model, registry)
+    built = {c.path: c.parameters for c in summary.components}
+    summary.cost = analyse(spec, registry, batch_size=batch_size, dtype=dtype, built=built)
+    summary.reference = check_reference(model, spec)
+    summary.compare = compare_fusions(spec, registry)
+    return summary
+
+
+# ----------------------------------------------------------------------------- analytic cost
+
+#: How ``mmcore inspect`` counts FLOPs, in words.
+FLOPS_CONVENTION = (
+    "forward FLOPs per sample, 2 FLOPs per multiply-add: matrix products, convolutions and "
+    "attention (q k^T and p v, every score even under a causal mask); softmax, norms, "
+    "activations and other element-wise work are left out. A training step costs about 3x "
+    "the forward pass (backward = 2x forward).")
+
+#: Kinds whose cost feeds the next stage, in the order a model runs them.
+MODALITY_KINDS = ("preprocessor", "tokenizer", "encoder")
+
+
+@dataclass
+class ComponentCost:
+    """Analytic cost of one spec component, per sample, beside its meta-built count.
+
+    ``parameters`` etc. are None ("n/a") when the component registers no cost function or
+    its inputs' shapes are unknown; ``note`` says why. ``built_parameters`` is None for
+    components that build no module (preprocessors).
+    """
+
+    path: str
+    kind: str
+    type: str
+    parameters: int | None
+    flops: int | None
+    activations: int | None
+    attention_scores: int | None
+    built_parameters: int | None = None
+    note: str = ""
+
+
+@dataclass
+class CostSummary:
+    """The analytic side of ``mmcore inspect``: totals over the components with a cost.
+
+    ``partial`` is True when some component is n/a (its cost is missing from the totals).
+    ``memory`` is a :class:`mmcore.cost.TrainingMemory` as a dict (bytes).
+    """
+
+    components: list[ComponentCost]
+    parameters: int
+    flops: int
+    activations: int
+    partial: bool
+    #: modality -> tokens entering the fusion, from the cost functions (None: unknown)
+    tokens: dict[str, int | None]
+    #: the fusion's largest attention pattern, query-key scores per head in one layer
+    attention_scores: int | None
+    batch_size: int
+    dtype: str
+    memory: dict[str, int]
+    flops_convention: str = FLOPS_CONVENTION
+    assumptions: list[str] = field(default_factory=list)
+
+
+def _entry_cost(registry: Registry, kind: str, ref: Any, ctx: Any) -> tuple[Any, str]:
+    """(Cost or None, why not) for one component, from its registered cost function."""
+    entry = registry.get(kind, ref.type)
+    if entry.cost is None:
+        return None, f"{kind} {ref.type!r} registers no cost function"
+    try:
+        return entry.cost(entry.config.model_validate(ref.params), ctx), ""
+    except Exception as exc:  # a cost function that cannot work here: reported, not fatal
+        return None, f"cost of {ref.type!r} failed: {exc}"
+
+
+def _row(path: str, kind: str, ref: Any, cost: Any, note: str) -> ComponentCost:
+    if cost is None:
+        return ComponentCost(path, kind, ref.type, None, None, None, None, note=note)
+    return ComponentCost(path, kind, ref.type, cost.params, cost.flops, cost.activations,
+                         cost.attention_scores or None)
+
+
+class _CostWalk:
+    """Walks a spec in model order: tokenizer -> encoder -> fusion -> heads -> objectives,
+    handing each cost function the shapes and widths the previous stage reported (heads and
+    objectives also get the per-modality token shapes that entered the fusion)."""
+
+    def __init__(self, spec: ModelSpec, registry: Registry) -> None:
+        self.spec, self.registry = spec, registry
+        self.rows: list[ComponentCost] = []
+        self.shapes: dict[str, Any] = {}
+        self.fusion: Any = None
+
+    def _add(self, path: str, kind: str, ref: Any, ctx: Any, missing: str = "") -> Any:
+        cost, note = (None, missing) if missing else _entry_cost(self.registry, kind, ref, ctx)
+        self.rows.append(_row(path, kind, ref, cost, note))
+        return cost
+
+    def modality(self, name: str) -> None:
+        from mmcore.cost import CostContext
+
+        shape, ms = None, self.spec.modalities[name]
+        for kind in MODALITY_KINDS:
+            ref = getattr(ms, kind)
+            if ref is None:
+                continue
+            missing = "the tokenizer's output shape is unknown" if (
+                kind == "encoder" and shape is None) else ""
+            cost = self._add(f"modalities.{name}.{kind}", kind, ref,
+                             CostContext(in_shape=shape), missing)
+            if kind != "preprocessor":
+                shape = cost.out if cost is not None else None
+        self.shapes[name] = shape
+
+    def fusion_and_tops(self) -> None:
+        from mmcore.cost import CostContext
+
+        unknown = sorted(m for m, s in self.shapes.items() if s is None)
+        missing = f"token shapes of {', '.join(unknown)} are unknown" if unknown else ""
+        self.fusion = self._add("fusion", "fusion", self.spec.fusion,
+                                CostContext(shapes=dict(sorted(self.shapes.items()))), missing)
+        widths = dict(self.fusion.embeddings) if self.fusion is not None else None
+        known = {m: s for m, s in sorted(self.shapes.items()) if s is not None}
+        heads: dict[str, int] = {}
+        for name, ref in self.spec.heads.items():
+            cost = self._add(f"heads.{name}", "head", ref,
+                             CostContext(shapes=known, embedding_widths=widths or {}),
+                             "" if widths is not None else "the fusion's widths are unknown")
+            if cost is not None and cost.out is not None:
+                heads[name] = cost.out.width
+        for name, oref in self.spec.objectives.items():
+            self._add(f"objectives.{name}", "objective", oref,
+                      CostContext(shapes=known, embedding_widths=widths or {}, heads=heads),
+                      "" if widths is not None else "the fusion's widths are unknown")
+
+
+def analyse(spec: ModelSpec, registry: Registry | None = None, *, batch_size: int = 1,
+            dtype: str = "fp32", built: dict[str, int] | None = None) -> CostSummary:
+    """Analytic cost of ``spec`` from its components' cost functions; nothing is built.
+
+    ``built`` (path -> parameters of the meta-built module) fills the cross-check column.
+    """
+    from mmcore.cost import MEMORY_ASSUMPTIONS, training_memory
+    from mmcore.plugins import get_registry
+
+    walk = _CostWalk(spec, registry or get_registry())
+    for name in spec.modalities:
+        walk.modality(name)
+    walk.fusion_and_tops()
+    rows = walk.rows
+    for row in rows:
+        row.built_parameters = (built or {}).get(row.path)
+    known = [r for r in rows if r.parameters is not None]
+    params = sum(r.parameters or 0 for r in known)
+    activations = sum(r.activations or 0 for r in known)
+    memory = training_memory(params, activations, batch_size=batch_size, dtype=dtype)
+    fusion = walk.fusion
+    return CostSummary(
+        rows, params, sum(r.flops or 0 for r in known), activations, len(known) < len(rows),
+        {m: (s.tokens if s is not None else None) for m, s in sorted(walk.shapes.items())},
+        (fusion.attention_scores or None) if fusion is not None else None, batch_size, dtype,
+        {"weights": memory.weights, "gradients": memory.gradients,
+         "optimizer": memory.optimizer, "activations": memory.activations,
+         "total": memory.total},
+        assumptions=[MEMORY_ASSUMPTIONS[dtype],
+                     "every parameter trains (frozen ones would need no gradient or AdamW "
+                     "state); no activation checkpointing, no sharding; framework workspace "
+                     "and allocator overhead left out",
+                     "activations: the tensors each layer saves for backward (inputs of "
+                     "matrix products and norms, attention probabilities, MLP hidden units), "
+                     "sequences at full length"])
+
+
+# ----------------------------------------------------------------------------- reference figures
+
+#: What each ``metadata.reference.excludes`` item leaves out of mmcore's count.
+EXCLUSIONS = {
+    "biases": "the biases of Linear and Conv layers",
+    "objectives": "parameters of the objectives (e.g. a contrastive temperature)",
+}
+
+
+class ReferenceFigures(BaseModel):
+    """``metadata.reference`` of a spec: published figures ``mmcore inspect`` compares with.
+
+    ``excludes`` names what the publication's counting leaves out (see :data:`EXCLUSIONS`);
+    ``layer_parameters`` is one repeated layer (block) of the component at ``layer``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str
+    note: str = ""
+    parameters: int | None = Field(None, gt=0)
+    layer_parameters: int | None = Field(None, gt=0)
+    layer: str | None = None
+    excludes: list[Literal["biases", "objectives"]] = Field(default_factory=list)
+
+
+@dataclass
+class ReferenceCheck:
+    """mmcore's counts beside a spec's reference figures.
+
+    ``counted``: mmcore's count under the reference's convention (``excludes`` left out);
+    ``excluded``: what each exclusion is worth in this model.
+    """
+
+    source: str
+    note: str
+    excludes: list[str]
+    parameters: int | None = None
+    counted: int | None = None
+    full: int | None = None
+    excluded: dict[str, int] = field(default_factory=dict)
+    layer: str | None = None
+    layers: int | None = None
+    layer_parameters: int | None = None
+    layer_counted: int | None = None
+    layer_full: int | None = None
+    layer_excluded: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def matches(self) -> bool:
+        """Every reference figure equals mmcore's count under the reference's convention."""
+        pairs = [(self.parameters, self.counted), (self.layer_parameters, self.layer_counted)]
+        return all(ref == ours for ref, ours in pairs if ref is not None)
+
+
+def bias_parameters(module: nn.Module) -> int:
+    """Elements in the biases of every Linear and Conv layer inside ``module``."""
+    layers = (nn.Linear, nn.modules.conv._ConvNd)
+    biases = [getattr(m, "bias", None) for m in module.modules() if isinstance(m, layers)]
+    return sum(int(b.numel()) for b in biases if isinstance(b, torch.Tensor))
+
+
+def first_layer(module: nn.Module) -> tuple[nn.Module, int] | None:
+    """The first block of the first ModuleList of identical blocks in ``module``, and how
+    many blocks that list holds (a transformer's layers); None if there is none."""
+    for child in module.modules():
+        if isinstance(child, nn.ModuleList) and len(child) > 0 and all(
+                type(block) is type(child[0]) for block in child):
+            return child[0], len(child)
+    return None
+
+
+def _excluded(module: nn.Module, excludes: Sequence[str],
+              objectives: nn.Module | None) -> dict[str, int]:
+    """What each exclusion is worth in ``module``."""
+    out = {}
+    if "biases" in excludes:
+        out["biases"] = bias_parameters(module)
+    if "objectives" in excludes and objectives is not None:
+        out["objectives"] = count_parameters(objectives)[0]
+    return out
+
+
+def check_reference(model: MultimodalModel, spec: ModelSpec) -> ReferenceCheck | None:
+    """Compare ``spec.metadata.reference`` with ``model`` (a meta build is enough).
+
+    Raises SpecError when the reference block is malformed or names an unknown layer.
+    """
+    raw = spec.metadata.get("reference")
+    if raw is None:
+        return None
+    ref = _validated(ReferenceFigures, raw, "metadata.reference", spec.name)
+    total = count_parameters(model)[0]
+    excluded = _excluded(model, ref.excludes, model.objectives)
+    check = ReferenceCheck(ref.source, ref.note, list(ref.excludes), ref.parameters,
+                           total - sum(excluded.values()), total, excluded)
+    if ref.layer_parameters is not None:
+        _check_layer(model, ref, check, spec.name)
+    return check
+
+
+def _check_layer(model: MultimodalModel, ref: ReferenceFigures, check: ReferenceCheck,
+                 source: str) -> None:
+    from mmcore.errors import SpecError, SpecIssue
+
+    module = _module_at(model, ref.layer or "")
+    found = first_layer(module) if module is not None else None
+    if found is None:
+        raise SpecError([SpecIssue("metadata.reference.layer",
+                                   f"{ref.layer!r} names no component with repeated layers; "
+                                   "give a key path such as modalities.audio.encoder")], source)
+    block, check.layers = found
+    check.layer, check.layer_parameters = ref.layer, ref.layer_parameters
+    check.layer_full = count_parameters(block)[0]
+    check.layer_excluded = _excluded(block, ref.excludes, None)
+    check.layer_counted = check.layer_full - sum(check.layer_excluded.values())
+
+
+def _validated(model_type: type[BaseModel], raw: Any, path: str, source: str) -> Any:
+    """``raw`` validated as ``model_type``; problems become a SpecError at ``path``."""
+    from mmcore.errors import SpecError, SpecIssue
+
+    try:
+        return model_type.model_validate(raw)
+    except ValidationError as exc:
+        issues = [SpecIssue(".".join([path, *map(str, e["loc"])]),
+                            "unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+                  for e in exc.errors()]
+        raise SpecError(issues, source) from None
+
+
+# ----------------------------------------------------------------------------- fusion comparisons
+
+
+@dataclass
+class VariantCost:
+    """One fusion of a comparison (``metadata.compare``), in the spec's model.
+
+    ``parameters`` and ``flops`` are the whole model's (analytic, per sample);
+    ``built_fusion_parameters`` is the meta-built fusion's count (the cross-check).
+    """
+
+    name: str
+    fusion: str
+    fusion_parameters: int | None
+    fusion_flops: int | None
+    attention_scores: int | None
+    parameters: int
+    flops: int
+    partial: bool
+    built_fusion_parameters: int | None
+    note: str = ""
+
+
+def comparison_specs(spec: ModelSpec, registry: Registry | None = None) -> dict[str, ModelSpec]:
+    """``spec`` with its fusion replaced by each of ``metadata.compare`` (name -> fusion
+    component), validated; empty when the spec compares nothing."""
+    from mmcore.spec import ComponentRef
+
+    raw = spec.metadata.get("compare")
+    if raw is None:
+        return {}
+    refs = _validated(_CompareBlock, {"variants": raw}, "metadata.compare", spec.name).variants
+    return {name: _variant(spec, name, ref, registry) for name, ref in refs.items()
+            if isinstance(ref, ComponentRef)}
+
+
+def _variant(spec: ModelSpec, name: str, ref: Any, registry: Registry | None) -> ModelSpec:
+    from mmcore.spec import parse_spec
+
+    data = {**spec.to_dict(), "fusion": ref.model_dump(), "metadata": {},
+            "name": f"{spec.name}[{name}]"}
+    with _as_variant(name, spec.name):
+        return parse_spec(data, source=spec.name, registry=registry)
+
+
+@contextlib.contextmanager
+def _as_variant(name: str, source: str) -> Iterator[None]:
+    """Report a compared variant's fusion problems at ``metadata.compare.<name>``."""
+    from mmcore.errors import SpecError, SpecIssue
+
+    try:
+        yield
+    except SpecError as exc:
+        prefix = f"metadata.compare.{name}"
+        raise SpecError([SpecIssue(prefix + i.path.removeprefix("fusion"), i.message)
+                         if i.path.startswith("fusion") else i for i in exc.issues],
+                        source) from None
+
+
+class _CompareBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    variants: dict[str, Any] = Field(min_length=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _refs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from mmcore.spec import ComponentRef
+
+        return {name: ComponentRef.model_validate(ref) for name, ref in value.items()}
+
+
+def compare_fusions(spec: ModelSpec, registry: Registry | None = None) -> list[VariantCost]:
+    """Analytic costs of every fusion in ``metadata.compare``, each variant also built on
+    the meta device as a check. Raises SpecError if a variant is invalid."""
+    from mmcore.builder import build
+
+    out = []
+    for name, variant in comparison_specs(spec, registry).items():
+        with _as_variant(name, spec.name):
+            model = build(variant, registry=registry, device="meta")
+        built = count_parameters(model.fusion)[0]
+        cost = analyse(variant, registry)
+        fusion = next(r for r in cost.components if r.kind == "fusion")
+        out.append(VariantCost(name, fusion.type, fusion.parameters, fusion.flops,
+                               fusion.attention_scores, cost.parameters, cost.flops,
+                               cost.partial, built, fusion.note))
+    return out

@@ -177,7 +177,8 @@ def test_list_pattern_without_wildcards_is_a_substring(
         capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "list", "--pattern", "embedding", "--json")
     assert code == 0
-    assert {e["name"] for e in json.loads(out)} == {"patch-embedding", "token-embedding"}
+    assert {e["name"] for e in json.loads(out)} == {"patch-embedding", "token-embedding",
+                                                    "tubelet-embedding"}
 
 
 def test_list_unknown_kind_suggests(capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,7 +71,7 @@ def test_list_with_pattern() -> None:
     registry = plugins.get_registry()
     assert [e.name for e in registry.list("encoder", "v*")] == ["vit"]
     assert [e.name for e in registry.list("tokenizer", "*-embedding")] == [
-        "patch-embedding", "token-embedding"]
+        "patch-embedding", "token-embedding", "tubelet-embedding"]
     assert [(e.kind, e.name) for e in registry.list(pattern="late")] == [("fusion", "late")]
     assert registry.list("encoder", "nothing-like-this*") == []
 

@@ -14,7 +14,9 @@ from torch import nn
 from mmcore.backbone import LatentBackbone
 from mmcore.builder import BuildContext
 from mmcore.contract import Fusion, FusionOutput, Tokens
+from mmcore.cost import Cost, CostContext, Shape, attention, mlp, norm
 from mmcore.registry import ComponentConfig
+from mmcore_fusions.common import fusion_cost, stack_cost
 
 
 class PerceiverFusionConfig(ComponentConfig):
@@ -66,3 +68,26 @@ def build_perceiver(cfg: PerceiverFusionConfig, ctx: BuildContext) -> PerceiverF
     if not ctx.widths:
         raise ValueError("perceiver fusion needs at least one modality")
     return PerceiverFusion(cfg, ctx.widths, ctx)
+
+
+def cross_attention_block_cost(queries: int, inputs: Shape, width: int, heads: int,
+                               mlp_ratio: float) -> Cost:
+    """:class:`mmcore.backbone.CrossAttentionBlock`: query and input norms, attention, MLP."""
+    return (norm(queries, width) + norm(inputs.tokens, inputs.width)
+            + attention(queries, inputs.tokens, width, heads, kv_width=inputs.width)
+            + norm(queries, width) + mlp(queries, width, int(width * mlp_ratio)))
+
+
+def perceiver_cost(cfg: PerceiverFusionConfig, ctx: CostContext) -> Cost:
+    """Learned padding, latents, encoder cross-attention over sum N_m inputs, the latent
+    stack, output queries and the decoder cross-attention."""
+    input_width = max(s.width for s in ctx.shapes.values()) + cfg.min_padding
+    inputs = Shape(sum(s.tokens for s in ctx.shapes.values()), input_width)
+    padding = sum(input_width - s.width for s in ctx.shapes.values())
+    m, d = cfg.num_latents, cfg.width
+    cost = (Cost(params=padding + m * d + cfg.num_outputs * d)
+            + cross_attention_block_cost(m, inputs, d, cfg.cross_heads, cfg.mlp_ratio)
+            + stack_cost(m, d, cfg.layers, cfg.heads, cfg.mlp_ratio)
+            + cross_attention_block_cost(cfg.num_outputs, Shape(m, d), d, cfg.cross_heads,
+                                         cfg.mlp_ratio))
+    return fusion_cost(cost, {"fused": d})

@@ -8,10 +8,16 @@ import numpy as np
 import torch
 
 from mmcore import hookimpl
+from mmcore.cost import zero_cost
 from mmcore.hookspecs import Register
-from mmcore_image.encoder import ViTConfig, build_vit
+from mmcore_image.encoder import ViTConfig, build_vit, vit_cost
 from mmcore_image.preprocess import ImagePreprocessConfig, ImagePreprocessor
-from mmcore_image.tokenizer import PatchEmbedConfig, build_patch_embedding, example_pixels
+from mmcore_image.tokenizer import (
+    PatchEmbedConfig,
+    build_patch_embedding,
+    example_pixels,
+    patch_embedding_cost,
+)
 
 __version__ = "0.1.0"
 
@@ -27,7 +33,7 @@ def example_images(preprocessor: Any, batch_size: int,
 @hookimpl
 def register_preprocessors(register: Register) -> None:
     register("image", ImagePreprocessor.from_config, config=ImagePreprocessConfig,
-             tiny={"size": 16}, example=example_images,
+             tiny={"size": 16}, example=example_images, cost=zero_cost,
              summary="PIL images, paths or arrays -> normalised (B, 3, S, S)")
 
 
@@ -35,10 +41,11 @@ def register_preprocessors(register: Register) -> None:
 def register_tokenizers(register: Register) -> None:
     register("patch-embedding", build_patch_embedding, config=PatchEmbedConfig,
              tiny={"image_size": 16, "patch_size": 8, "width": 16}, example=example_pixels,
+             cost=patch_embedding_cost,
              summary="non-overlapping patches -> tokens, optional CLS, positions")
 
 
 @hookimpl
 def register_encoders(register: Register) -> None:
-    register("vit", build_vit, config=ViTConfig, tiny={"layers": 1, "heads": 2},
+    register("vit", build_vit, config=ViTConfig, tiny={"layers": 1, "heads": 2}, cost=vit_cost,
              summary="Vision Transformer encoder (pre-norm blocks)")

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from mmcore.builder import BuildContext
 from mmcore.contract import Encoder, Tokens
+from mmcore.cost import Cost, CostContext, transformer_stack
 from mmcore.kernels import KernelSet
 from mmcore.layers import TransformerStack
 from mmcore.registry import ComponentConfig
@@ -45,3 +46,12 @@ class ViTEncoder(Encoder):
 
 def build_vit(cfg: ViTConfig, ctx: BuildContext) -> ViTEncoder:
     return ViTEncoder(cfg, ctx.encoder_width(cfg.width), ctx.kernels)
+
+
+def vit_cost(cfg: ViTConfig, ctx: CostContext) -> Cost:
+    """Pre-norm blocks over the tokenizer's tokens (with the optional input and final norms)."""
+    if ctx.in_shape is None:
+        raise ValueError("vit needs the shape of the tokens it receives")
+    width = cfg.width or ctx.in_shape.width
+    return transformer_stack(ctx.in_shape.tokens, width, cfg.layers, cfg.heads, cfg.mlp_ratio,
+                             pre_norm=cfg.pre_norm, final_norm=cfg.final_norm)

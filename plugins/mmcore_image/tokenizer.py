@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from mmcore.builder import BuildContext
 from mmcore.contract import ModalityInput, Tokenizer, Tokens
+from mmcore.cost import Cost, CostContext, Shape, embedding, linear
 from mmcore.layers import LearnedPositions, sinusoidal_positions_2d
 from mmcore.registry import ComponentConfig
 
@@ -78,3 +79,15 @@ def example_pixels(module: PatchEmbedding, batch_size: int, generator: torch.Gen
     """Random pixels of the size ``module`` expects, for the conformance suite."""
     c, s = module.cfg.channels, module.cfg.image_size
     return torch.randn(batch_size, c, s, s, generator=generator)
+
+
+def patch_embedding_cost(cfg: PatchEmbedConfig, ctx: CostContext) -> Cost:
+    """The patch projection is a linear map of each flattened (C, P, P) patch to D."""
+    patches = (cfg.image_size // cfg.patch_size) ** 2
+    tokens = patches + int(cfg.cls_token)
+    cost = linear(patches, cfg.channels * cfg.patch_size**2, cfg.width, bias=cfg.bias)
+    if cfg.cls_token:
+        cost = cost + embedding(1, cfg.width)
+    if cfg.positions == "learned":
+        cost = cost + embedding(tokens, cfg.width)
+    return Cost(cost.params, cost.flops, cost.activations, out=Shape(tokens, cfg.width))

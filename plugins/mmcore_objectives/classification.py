@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mmcore.builder import BuildContext
 from mmcore.contract import Batch, FusionOutput, Head, ModelOutput, Objective
+from mmcore.cost import Cost, CostContext, Shape, linear, norm, with_out
 from mmcore.registry import ComponentConfig
 
 
@@ -46,6 +47,19 @@ def build_classifier(cfg: ClassifierConfig, ctx: BuildContext) -> Classifier:
     return Classifier(cfg, ctx.embedding_widths[cfg.input])
 
 
+def classifier_cost(cfg: ClassifierConfig, ctx: CostContext) -> Cost:
+    """LayerNorm, optional hidden layer, linear to the classes (one pooled vector)."""
+    if cfg.input not in ctx.embedding_widths:
+        raise ValueError(f"input {cfg.input!r} is not an embedding the fusion gives: "
+                         f"{sorted(ctx.embedding_widths)}")
+    width = ctx.embedding_widths[cfg.input]
+    cost = norm(1, width)
+    if cfg.hidden:
+        cost = cost + linear(1, width, cfg.hidden)
+    cost = cost + linear(1, cfg.hidden or width, cfg.num_classes)
+    return with_out(cost, Shape(1, cfg.num_classes))
+
+
 class ClassificationConfig(ComponentConfig):
     head: str
     target: str = "label"
@@ -72,3 +86,8 @@ def build_classification(cfg: ClassificationConfig, ctx: BuildContext) -> Classi
     if cfg.head not in ctx.heads:
         raise ValueError(f"no head named {cfg.head!r}; heads are {sorted(ctx.heads)}")
     return Classification(cfg)
+
+
+def classification_cost(cfg: ClassificationConfig, ctx: CostContext) -> Cost:
+    """No parameters; the cross-entropy is element-wise work."""
+    return Cost()

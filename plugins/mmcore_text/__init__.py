@@ -4,9 +4,19 @@ and a transformer encoder with an optional causal mask."""
 from __future__ import annotations
 
 from mmcore import hookimpl
+from mmcore.cost import zero_cost
 from mmcore.hookspecs import Register
-from mmcore_text.embedding import TokenEmbeddingConfig, build_token_embedding, example_ids
-from mmcore_text.encoder import TextTransformerConfig, build_text_transformer
+from mmcore_text.embedding import (
+    TokenEmbeddingConfig,
+    build_token_embedding,
+    example_ids,
+    token_embedding_cost,
+)
+from mmcore_text.encoder import (
+    TextTransformerConfig,
+    build_text_transformer,
+    text_transformer_cost,
+)
 from mmcore_text.preprocess import (
     ByteTextConfig,
     ByteTextPreprocessor,
@@ -26,9 +36,10 @@ def example_texts(preprocessor: object, batch_size: int, generator: object) -> l
 @hookimpl
 def register_preprocessors(register: Register) -> None:
     register("byte-text", ByteTextPreprocessor.from_config, config=ByteTextConfig,
-             tiny={"context_length": 16}, example=example_texts,
+             tiny={"context_length": 16}, example=example_texts, cost=zero_cost,
              summary="UTF-8 bytes + BOS/EOS, no files needed")
     register("hf-tokenizer", HFTokenizerPreprocessor.from_config, config=HFTokenizerConfig,
+             cost=zero_cost,
              summary="a Hugging Face tokenizers tokenizer.json")
 
 
@@ -36,10 +47,12 @@ def register_preprocessors(register: Register) -> None:
 def register_tokenizers(register: Register) -> None:
     register("token-embedding", build_token_embedding, config=TokenEmbeddingConfig,
              tiny={"vocab_size": 300, "width": 16, "context_length": 16}, example=example_ids,
+             cost=token_embedding_cost,
              summary="token ids -> embeddings + positions")
 
 
 @hookimpl
 def register_encoders(register: Register) -> None:
     register("text-transformer", build_text_transformer, config=TextTransformerConfig,
-             tiny={"layers": 1, "heads": 2}, summary="transformer encoder, causal by default")
+             tiny={"layers": 1, "heads": 2}, cost=text_transformer_cost,
+             summary="transformer encoder, causal by default")

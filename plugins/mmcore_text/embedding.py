@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mmcore.builder import BuildContext
 from mmcore.contract import ModalityInput, Tokenizer, Tokens
+from mmcore.cost import Cost, CostContext, Shape, embedding
 from mmcore.layers import LearnedPositions, sinusoidal_positions
 from mmcore.registry import ComponentConfig
 
@@ -70,3 +71,11 @@ def example_ids(module: TokenEmbedding, batch_size: int,
     lengths = torch.randint(2, length + 1, (batch_size,), generator=generator)
     mask = torch.arange(length)[None, :] < lengths[:, None]
     return {"ids": ids, "mask": mask}
+
+
+def token_embedding_cost(cfg: TokenEmbeddingConfig, ctx: CostContext) -> Cost:
+    """Lookup tables only (no multiply-adds); the sequence is taken at full context length."""
+    cost = embedding(cfg.vocab_size, cfg.width)
+    if cfg.positions == "learned":
+        cost = cost + embedding(cfg.context_length, cfg.width)
+    return Cost(cost.params, out=Shape(cfg.context_length, cfg.width))

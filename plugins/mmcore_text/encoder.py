@@ -6,6 +6,7 @@ from pydantic import Field
 
 from mmcore.builder import BuildContext
 from mmcore.contract import Encoder, Tokens
+from mmcore.cost import Cost, CostContext, transformer_stack
 from mmcore.layers import TransformerStack
 from mmcore.registry import ComponentConfig
 
@@ -44,3 +45,13 @@ class TextTransformer(Encoder):
 
 def build_text_transformer(cfg: TextTransformerConfig, ctx: BuildContext) -> TextTransformer:
     return TextTransformer(cfg, ctx.encoder_width(cfg.width), ctx)
+
+
+def text_transformer_cost(cfg: TextTransformerConfig, ctx: CostContext) -> Cost:
+    """Blocks and final norm at full context length; a causal mask still computes every
+    score (the kernels mask them), so FLOPs are those of full attention."""
+    if ctx.in_shape is None:
+        raise ValueError("text-transformer needs the shape of the tokens it receives")
+    width = cfg.width or ctx.in_shape.width
+    return transformer_stack(ctx.in_shape.tokens, width, cfg.layers, cfg.heads, cfg.mlp_ratio,
+                             final_norm=cfg.final_norm)
