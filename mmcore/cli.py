@@ -425,6 +425,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a foreign checkpoint (e.g. a Hugging Face folder with config.json and
+    model.safetensors) as an mmcore model and save it as one safetensors file that holds
+    its spec. The format is detected unless --format names it (mmcore list converter)."""
+    import mmcore
+    from mmcore.convert import find_converter, import_model
+
+    fmt, _ = find_converter(args.source, args.format)
+    model = import_model(args.source, fmt)
+    out = mmcore.save(model, args.out)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"imported {args.source} as {fmt}: {total:,} parameters -> {out}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export an mmcore checkpoint to a foreign format (e.g. a Hugging Face folder)."""
+    import mmcore
+    from mmcore.convert import export_model
+
+    out = export_model(mmcore.load(args.checkpoint), args.out, args.format)
+    print(f"exported {args.checkpoint} as {args.format} -> {out}")
+    return EXIT_OK
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested metrics -> ``{"a.b": value}``; lists become comma-separated text."""
     out: dict[str, Any] = {}
@@ -538,6 +563,19 @@ def _add_run_commands(sub: Any) -> None:
     _add_json(p)
 
 
+def _add_convert_commands(sub: Any) -> None:
+    p = _command(sub, "import", cmd_import, "import a foreign checkpoint as an mmcore model",
+                 "example: mmcore import ./clip-vit-base-patch32 --out clip.safetensors")
+    p.add_argument("source", metavar="SOURCE", help="a checkpoint folder or file")
+    p.add_argument("--out", required=True, metavar="FILE", help="mmcore .safetensors to write")
+    p.add_argument("--format", default=None, help="converter name (default: detect)")
+    p = _command(sub, "export", cmd_export, "export an mmcore checkpoint to a foreign format",
+                 "example: mmcore export clip.safetensors --format hf-clip --out ./hf-clip")
+    p.add_argument("checkpoint", metavar="CKPT", help="an mmcore checkpoint or run folder")
+    p.add_argument("--format", required=True, help="converter name (mmcore list converter)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmcore`` argument parser with every subcommand."""
     from mmcore import __version__
@@ -552,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspection_commands(sub)
     _add_spec_commands(sub)
     _add_run_commands(sub)
+    _add_convert_commands(sub)
     return parser
 
 

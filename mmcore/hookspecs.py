@@ -65,6 +65,12 @@ def register_presets(register: Register) -> None:
     """Register named model specs: ``register(name, path_or_mapping, summary="")``."""
 
 
+@hookspec
+def register_converters(register: Register) -> None:
+    """Register weight importers/exporters: ``factory()`` returns a
+    :class:`mmcore.convert.Converter` (detect, to_mmcore, optionally from_mmcore)."""
+
+
 #: hook name -> registry kind it fills.
 HOOK_KINDS: dict[str, str] = {
     "register_preprocessors": "preprocessor",
@@ -75,6 +81,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_objectives": "objective",
     "register_datasets": "dataset",
     "register_presets": "preset",
+    "register_converters": "converter",
 }
 
 

@@ -23,6 +23,7 @@ KINDS = (
     "objective",
     "dataset",
     "preset",
+    "converter",
 )
 
 

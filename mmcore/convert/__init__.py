@@ -1,5 +1,84 @@
-"""Converters from other libraries' checkpoints to mmcore models."""
+"""Import other libraries' checkpoints as ordinary mmcore models, and export them back.
 
-from mmcore.convert.hf_clip import from_hf_clip, hf_clip_to_mmcore, spec_from_hf_clip_config
+Converters are registered by plugins (``register_converters``); each turns a source (a
+folder or file on disk) into an mmcore spec plus a state dict, so the imported model is
+the same composition a YAML spec builds — not a wrapper around another library.
+"""
 
-__all__ = ["from_hf_clip", "hf_clip_to_mmcore", "spec_from_hf_clip_config"]
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from mmcore.errors import CheckpointError, RegistryError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from mmcore.model import MultimodalModel
+    from mmcore.registry import Registry
+
+
+@runtime_checkable
+class Converter(Protocol):
+    """One foreign checkpoint format."""
+
+    def detect(self, source: Path) -> bool:
+        """Whether ``source`` looks like this format (cheap: file names, config keys)."""
+        ...
+
+    def to_mmcore(self, source: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(spec mapping, mmcore state dict). Raises CheckpointError naming what is wrong."""
+        ...
+
+
+def _registry(registry: Registry | None) -> Registry:
+    from mmcore.plugins import get_registry
+
+    return registry or get_registry()
+
+
+def find_converter(source: str | Path, fmt: str | None = None,
+                   registry: Registry | None = None) -> tuple[str, Converter]:
+    """The converter named ``fmt``, or the one that detects ``source``."""
+    reg = _registry(registry)
+    path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"nothing to import at {path}")
+    if fmt is not None:
+        return fmt, reg.get("converter", fmt).factory()
+    for entry in reg.list("converter"):
+        conv = entry.factory()
+        if conv.detect(path):
+            return entry.name, conv
+    names = ", ".join(reg.names("converter")) or "none registered"
+    raise CheckpointError(f"no converter recognises {path}; formats: {names} "
+                          "(name one with --format)")
+
+
+def import_model(source: str | Path, fmt: str | None = None, *, device: str = "cpu",
+                 registry: Registry | None = None) -> MultimodalModel:
+    """Build the mmcore model for a foreign checkpoint and load its weights (checked)."""
+    from mmcore.builder import build
+    from mmcore.checkpoint import check_state
+    from mmcore.spec import load_spec
+
+    reg = _registry(registry)
+    name, conv = find_converter(source, fmt, reg)
+    spec_data, tensors = conv.to_mmcore(Path(source))
+    model = build(load_spec(spec_data, reg), registry=reg, device=device)
+    check_state(model, tensors, f"{source} (converted by {name})")
+    model.load_state_dict(tensors, strict=True)
+    return model
+
+
+def export_model(model: MultimodalModel, out: str | Path, fmt: str,
+                 registry: Registry | None = None) -> Path:
+    """Write ``model`` in a foreign format through converter ``fmt``'s ``from_mmcore``."""
+    conv = _registry(registry).get("converter", fmt).factory()
+    exporter = getattr(conv, "from_mmcore", None)
+    if exporter is None:
+        raise RegistryError(f"converter {fmt!r} can import but not export")
+    out = Path(out)
+    exporter(model, out)
+    return out
