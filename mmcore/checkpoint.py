@@ -28,6 +28,9 @@ def atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -99,8 +102,8 @@ def _existing(path: str | Path) -> Path:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     with path.open("rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
+        head = fh.read(9)  # safetensors: u64 header length, then the JSON header's "{"
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise CheckpointError(f"{path} looks like a pickle/torch.save file; mmcore reads "
                               "safetensors only (pickles can run code when loaded)")
     return path

@@ -274,7 +274,11 @@ def _check_module(entry: Entry, label: str, harness: _Harness) -> None:
     with _step(label, "forward"):
         expected = _forward(module, args, harness)
     with _step(label, "backward"):
+        buffers = {k: b.clone() for k, b in module.named_buffers()}
         _check_backward(module, args)
+        with torch.no_grad():  # train-mode updates (BatchNorm running stats) are undone
+            for k, b in module.named_buffers():
+                b.copy_(buffers[k])
     with _step(label, "save/load round trip"):
         fresh = _build(entry, params, harness.context(params, ctx.kernels), seed=SEED + 1)
         _check_round_trip(module, fresh, args, expected)

@@ -70,8 +70,11 @@ def _loaded(infos: list[plugins.PluginInfo]) -> set[str]:
 def test_list_with_pattern() -> None:
     registry = plugins.get_registry()
     assert [e.name for e in registry.list("encoder", "v*")] == ["vit"]
-    assert [e.name for e in registry.list("tokenizer", "*-embedding")] == [
-        "patch-embedding", "token-embedding", "tubelet-embedding"]
+    names = [e.name for e in registry.list("tokenizer", "*-embedding")]
+    assert names == sorted(names)  # sorted by name
+    assert {"patch-embedding", "token-embedding", "tubelet-embedding"} <= set(names)
+    assert all(n.endswith("-embedding") for n in names)
+    assert "conv-stem" in registry.names("tokenizer") and "conv-stem" not in names
     assert [(e.kind, e.name) for e in registry.list(pattern="late")] == [("fusion", "late")]
     assert registry.list("encoder", "nothing-like-this*") == []
 

@@ -1,0 +1,142 @@
+"""Datasets, collation and a resumable sampler.
+
+A dataset is map-style: ``len(ds)`` and ``ds[i] -> {"image": PIL.Image, "text": str,
+"label": int, ...}`` holding *raw* items keyed by modality name. Preprocessing happens in
+:class:`Collator`, which runs inside DataLoader workers, so it holds only the model's
+plain preprocessor objects (picklable), never the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from mmcore.spec import ComponentRef
+
+if TYPE_CHECKING:
+    from mmcore.registry import Registry
+
+#: the usual split names; a dataset may offer others
+TRAIN, EVAL = "train", "eval"
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """Map-style raw data. Optional attributes: ``class_names: list[str]`` (label index ->
+    name), ``templates: list[str]`` (zero-shot prompts with one ``{}``), ``splits`` and
+    ``split(name) -> Dataset`` (e.g. ``"train"``, ``"eval"``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
+def select_split(dataset: Dataset, split: str) -> Dataset:
+    """``dataset.split(split)`` where the dataset has splits; a dataset without them is
+    one split that serves every name."""
+    chooser = getattr(dataset, "split", None)
+    return chooser(split) if callable(chooser) else dataset
+
+
+def open_dataset(ref: ComponentRef, split: str = TRAIN,
+                 registry: Registry | None = None) -> Dataset:
+    """Build the registered dataset ``ref`` (a spec's ``data:``) and pick ``split``."""
+    from mmcore.builder import BuildContext, make_component
+    from mmcore.kernels import KernelSet
+    from mmcore.plugins import get_registry
+
+    dataset = make_component(registry or get_registry(), "dataset", ref,
+                             BuildContext(kernels=KernelSet()))
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset {ref.type!r} returned {type(dataset).__name__}, which has "
+                        "no __len__/__getitem__")
+    return select_split(dataset, split)
+
+
+def spec_dataset(spec: Any, split: str = TRAIN) -> Dataset:
+    """The dataset a ModelSpec names under ``data:``, at ``split``."""
+    if spec is None or spec.data is None:
+        raise ValueError("the spec has no 'data:' component; add one, e.g. "
+                         "'data: {type: shapes}', or pass a dataset")
+    return open_dataset(spec.data, split)
+
+
+class Collator:
+    """Raw item dicts -> a batch: each modality through its preprocessor, numbers into
+    tensors (``label`` -> (B,) int64), tensors stacked, anything else kept as a list.
+
+    Picklable when the preprocessors are, so it can run in DataLoader workers.
+    """
+
+    def __init__(self, preprocessors: Mapping[str, Any]) -> None:
+        self.preprocessors = dict(preprocessors)
+
+    @classmethod
+    def for_model(cls, model: Any) -> Collator:
+        """The collator using ``model.preprocess``'s preprocessors (not the model itself)."""
+        return cls(model.preprocessors)
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        batch: dict[str, Any] = {}
+        for key in items[0]:
+            values = [item[key] for item in items]
+            if key in self.preprocessors:
+                batch[key] = self.preprocessors[key](values)
+            else:
+                batch[key] = _stack(values)
+        return batch
+
+
+def _stack(values: list[Any]) -> Any:
+    """Ints -> (B,) int64, floats -> (B,) float32, tensors -> stacked, else the list."""
+    first = values[0]
+    if isinstance(first, bool | np.bool_):
+        return torch.tensor(values, dtype=torch.bool)
+    if isinstance(first, int | np.integer):
+        return torch.tensor(values, dtype=torch.long)
+    if isinstance(first, float | np.floating):
+        return torch.tensor(values, dtype=torch.float32)
+    if isinstance(first, torch.Tensor):
+        return torch.stack(values)
+    return values
+
+
+class ResumableSampler(Sampler[int]):
+    """An endless stream of indices: a fresh seeded permutation of ``range(length)`` each
+    epoch. Sample number ``n`` is always the same index, so a run restarted at
+    ``start=n`` continues exactly where it stopped."""
+
+    def __init__(self, length: int, *, seed: int = 0, start: int = 0) -> None:
+        if length <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.length, self.seed, self.start = length, seed, start
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order of epoch ``epoch``. (length,) int64"""
+        return np.random.default_rng((self.seed, epoch)).permutation(self.length)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.start, self.length)
+        while True:
+            for index in self.permutation(epoch)[offset:]:
+                yield int(index)
+            epoch, offset = epoch + 1, 0
+
+    def state_dict(self, consumed: int) -> dict[str, int]:
+        """What to save: the seed and how many samples were consumed."""
+        return {"seed": self.seed, "consumed": consumed, "length": self.length}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, int], length: int) -> ResumableSampler:
+        if int(state["length"]) != length:
+            raise ValueError(f"the dataset has {length} items but the saved sampler had "
+                             f"{state['length']}; resume with the same data")
+        return cls(length, seed=int(state["seed"]), start=int(state["consumed"]))

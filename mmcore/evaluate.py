@@ -1,0 +1,246 @@
+"""Evaluate a contrastive model: zero-shot classification and cross-modal retrieval.
+
+Which embeddings to compare comes from the model's contrastive objective: its first pair
+``(a, b)`` names the "image-like" modality ``a`` (what gets classified) and the
+"text-like" modality ``b`` (what the class prompts are written in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmcore.data import EVAL, Dataset, spec_dataset
+from mmcore.progress import Progress
+
+Task = Literal["zero-shot", "retrieval"]
+TASKS: tuple[str, ...] = ("zero-shot", "retrieval")
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a {}.")
+
+
+def evaluate(model_or_checkpoint: Any, task: Task, *, dataset: Dataset | None = None,
+             batch_size: int = 256, progress: bool = True, device: str | None = None,
+             limit: int | None = None, pair: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Run ``task`` and return its metrics (plus chance levels) as a JSON-able dict.
+
+    ``model_or_checkpoint``: a MultimodalModel, a ``.safetensors`` file, a checkpoint folder
+    or a training run folder. ``dataset`` defaults to the spec's ``data:`` at its ``eval``
+    split (for shapes: the colour-shape combinations never trained on). ``limit`` caps the
+    number of evaluated items. ``pair`` (image-like, text-like) overrides the objective's
+    first pair, e.g. ``("image", "text")`` for a model whose first pair is audio-text.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    model = resolve_model(model_or_checkpoint, device)
+    data = dataset if dataset is not None else spec_dataset(model.spec, EVAL)
+    if limit is not None:
+        data = _Head(data, limit)
+    image_like, text_like = pair or contrastive_pair(model)
+    unknown = sorted({image_like, text_like} - set(model.modalities))
+    if unknown:
+        raise ValueError(f"pair names unknown modalities {unknown}; the model has "
+                         f"{model.modalities}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if task == "zero-shot":
+                return zero_shot(model, data, image_like, text_like, batch_size, progress)
+            return retrieval(model, data, image_like, text_like, batch_size, progress)
+    finally:
+        model.train(was_training)
+
+
+def resolve_model(source: Any, device: str | None = None) -> Any:
+    """A model as is (moved to ``device`` if given), or loaded from a file or folder.
+
+    A run folder without a final ``model.safetensors`` uses its newest complete checkpoint."""
+    if isinstance(source, torch.nn.Module):
+        return source.to(device) if device else source
+    from mmcore.checkpoint import load
+    from mmcore.train import latest_checkpoint
+
+    path = Path(source)
+    if path.is_dir() and not (path / "model.safetensors").is_file():
+        newest = latest_checkpoint(path)
+        path = newest if newest is not None else path
+    return load(path, device=device or "cpu")
+
+
+def contrastive_pair(model: Any) -> tuple[str, str]:
+    """(image-like, text-like) embedding names: the first pair of the first objective that
+    declares ``pairs`` (in its config or itself)."""
+    for objective in getattr(model, "objectives", {}).values():
+        pairs = getattr(getattr(objective, "cfg", None), "pairs", None)
+        pairs = pairs if pairs is not None else getattr(objective, "pairs", None)
+        if pairs:
+            a, b = pairs[0]
+            return str(a), str(b)
+    raise ValueError("zero-shot and retrieval need a contrastive objective whose 'pairs' name "
+                     "the (image-like, text-like) embeddings; this model has "
+                     f"{sorted(getattr(model, 'objectives', {}))}")
+
+
+class _Head:
+    """The first ``limit`` items of a dataset."""
+
+    def __init__(self, dataset: Dataset, limit: int) -> None:
+        self.dataset, self.size = dataset, min(limit, len(dataset))
+        for attr in ("class_names", "templates"):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return self.dataset[index]
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _batches(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(start + size, n))
+
+
+def embed_raw(model: Any, modality: str, items: Sequence[Any], batch_size: int,
+              bar: Progress | None = None) -> Tensor:
+    """Raw items -> L2-normalised embeddings (N, E), in batches, on the CPU."""
+    out = []
+    for rows in _batches(len(items), batch_size):
+        inputs = model.preprocess(modality, [items[i] for i in rows])
+        out.append(F.normalize(model.embed(modality, inputs).float(), dim=-1).cpu())
+        if bar is not None:
+            bar.update(len(rows))
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _column(dataset: Dataset, keys: Sequence[str], bar: Progress) -> dict[str, list[Any]]:
+    """Read every item once; keep the given keys. -> key: list of N values."""
+    columns: dict[str, list[Any]] = {k: [] for k in keys}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        for key in keys:
+            if key not in item:
+                raise KeyError(f"dataset item {i} has no {key!r}; it has {sorted(item)}")
+            columns[key].append(item[key])
+        bar.update(1)
+    return columns
+
+
+def class_embeddings(model: Any, modality: str, class_names: Sequence[str],
+                     templates: Sequence[str], batch_size: int = 256) -> Tensor:
+    """Prompt ensembles: every template per class, L2-normalise, average, re-normalise.
+
+    -> (C, E), one unit vector per class."""
+    prompts = [t.format(name) for name in class_names for t in templates]
+    emb = embed_raw(model, modality, prompts, batch_size)  # (C * T, E)
+    emb = emb.view(len(class_names), len(templates), -1).mean(dim=1)  # (C, E)
+    return F.normalize(emb, dim=-1)
+
+
+# --- zero-shot --------------------------------------------------------------------------
+
+
+def zero_shot(model: Any, dataset: Dataset, image_like: str, text_like: str,
+              batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
+    """Top-1/top-5 accuracy of classifying ``image_like`` items by prompt ensembles.
+
+    ``top1``/``top5`` choose among every class name (for shapes' eval split: 36 names, 6 of
+    them never trained on - the generalised zero-shot setting); ``present_classes`` chooses
+    only among the classes that occur in ``dataset`` (the classic zero-shot setting).
+    Each comes with its chance level."""
+    names = list(getattr(dataset, "class_names", None) or [])
+    if not names:
+        raise ValueError("zero-shot needs a dataset with class_names")
+    templates = list(getattr(dataset, "templates", None) or DEFAULT_TEMPLATES)
+    with Progress(2 * len(dataset), desc="zero-shot", unit="item", enabled=progress) as bar:
+        data = _column(dataset, [image_like, "label"], bar)
+        classes = class_embeddings(model, text_like, names, templates, batch_size)  # (C, E)
+        images = embed_raw(model, image_like, data[image_like], batch_size, bar)  # (N, E)
+    labels = torch.tensor(data["label"], dtype=torch.long)
+    scores = images @ classes.t()  # (N, C)
+    present = sorted(set(labels.tolist()))
+    return {
+        "task": "zero-shot", "modalities": [image_like, text_like], "samples": len(labels),
+        "templates": len(templates), "num_classes": len(names),
+        **_topk(scores, labels, len(names)),
+        "present_classes": {"num_classes": len(present),
+                            **_topk(scores[:, present], _reindex(labels, present),
+                                    len(present))},
+    }
+
+
+def _reindex(labels: Tensor, present: list[int]) -> Tensor:
+    lookup = {c: i for i, c in enumerate(present)}
+    return torch.tensor([lookup[int(v)] for v in labels], dtype=torch.long)
+
+
+def _topk(scores: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """Top-1/top-5 accuracy of scores (N, C) against labels (N,), with chance levels."""
+    k = min(5, num_classes)
+    top = scores.topk(k, dim=1).indices  # (N, k)
+    hit = top == labels[:, None]
+    return {"top1": float(hit[:, 0].float().mean()), "top5": float(hit.any(1).float().mean()),
+            "chance_top1": 1.0 / num_classes, "chance_top5": k / num_classes}
+
+
+# --- retrieval --------------------------------------------------------------------------
+
+
+def retrieval(model: Any, dataset: Dataset, image_like: str, text_like: str,
+              batch_size: int = 256, progress: bool = True,
+              ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """Recall@k both ways between the paired items of ``dataset``.
+
+    When items carry a ``label``, a retrieved item counts as correct if it has the query's
+    label (shapes captions do not say where a shape is, so same-class pairs are equally
+    right); otherwise only its own pair counts. Chance levels are given for each k."""
+    n = len(dataset)
+    with Progress(3 * n, desc="retrieval", unit="item", enabled=progress) as bar:
+        first = dataset[0] if n else {}
+        keys = [image_like, text_like] + (["label"] if "label" in first else [])
+        data = _column(dataset, keys, bar)
+        images = embed_raw(model, image_like, data[image_like], batch_size, bar)  # (N, E)
+        texts = embed_raw(model, text_like, data[text_like], batch_size, bar)  # (N, E)
+    if "label" in data:
+        labels = torch.tensor(data["label"], dtype=torch.long)
+        relevant = labels[:, None] == labels[None, :]  # (N, N)
+    else:
+        relevant = torch.eye(n, dtype=torch.bool)
+    scores = images @ texts.t()  # (N images, N texts)
+    out: dict[str, Any] = {"task": "retrieval", "modalities": [image_like, text_like],
+                           "samples": n, "match": "label" if "label" in data else "pair"}
+    out[f"{image_like}_to_{text_like}"] = _recall(scores, relevant, ks)
+    out[f"{text_like}_to_{image_like}"] = _recall(scores.t(), relevant.t(), ks)
+    return out
+
+
+def _recall(scores: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """Recall@k of queries (rows) over candidates (columns), and chance levels."""
+    n = scores.shape[1]
+    order = scores.argsort(dim=1, descending=True)  # (Q, N)
+    hits = relevant.gather(1, order)  # (Q, N) relevance in ranked order
+    positives = relevant.sum(dim=1)  # (Q,)
+    out = {}
+    for k in ks:
+        out[f"recall@{k}"] = float(hits[:, :k].any(dim=1).float().mean())
+        out[f"chance@{k}"] = float(_chance_hit(positives, n, min(k, n)).mean())
+    return out
+
+
+def _chance_hit(positives: Tensor, n: int, k: int) -> Tensor:
+    """P(at least one of ``positives`` among k of n random candidates). (Q,)"""
+    miss = torch.ones(positives.shape, dtype=torch.float64)
+    for j in range(k):
+        miss = miss * ((n - positives - j).clamp(min=0).double() / (n - j))
+    return 1.0 - miss
