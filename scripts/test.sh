@@ -2,7 +2,7 @@
 # Set up with test extras, then lint, type-check and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,bench
+bash scripts/setup.sh test
 export TRITON_INTERPRET=1
 .venv/bin/ruff check mmcore plugins tests bench examples
 .venv/bin/mypy
