@@ -12,6 +12,7 @@ import argparse
 import inspect
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -414,6 +415,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                "limit": args.limit}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    if args.data is not None:
+        options["dataset"] = _eval_dataset(args.data, args.templates)
+    elif args.templates is not None:
+        raise UsageError("--templates needs --data (a dataset that takes templates)")
+    if args.pair is not None:
+        options["pair"] = _pair(args.pair)
     metrics = evaluate(path, args.task, **options)
     if args.json:
         print_json({"checkpoint": str(path), **metrics})
@@ -423,6 +430,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 if key != "task"]
         print(format_table(["metric", "value"], rows, right=(1,)))
     return EXIT_OK
+
+
+def _eval_dataset(text: str, templates: str | None = None) -> Any:
+    """``--data`` -> that dataset's eval split. ``text``: a YAML mapping
+    (``'{type: audio-folder, root: DIR}'``), a .yaml/.json file holding one, or
+    ``TYPE:PATH`` (PATH fills the dataset's ``path`` or ``root``). ``templates`` sets the
+    dataset's ``templates`` parameter."""
+    from mmcore.data import EVAL, open_dataset
+    from mmcore.spec import ComponentRef, parse_yaml
+
+    file = Path(text)
+    if file.suffix in (".yaml", ".yml", ".json") and file.is_file():
+        data, _ = parse_yaml(file.read_text(encoding="utf-8"), str(file))
+    elif re.fullmatch(r"[\w.-]+:\S.*", text, flags=re.DOTALL):  # not YAML's "key: value"
+        data = _typed_path(*text.split(":", 1))
+    else:
+        data, _ = parse_yaml(text, "--data")
+    if not isinstance(data, Mapping) or not isinstance(data.get("type"), str):
+        raise UsageError("--data takes TYPE:PATH or a YAML mapping with a type, e.g. "
+                         "image-folder:photos/ or '{type: audio-folder, root: sounds/}'")
+    data = dict(data) | ({"templates": templates} if templates is not None else {})
+    return open_dataset(ComponentRef.model_validate(data), EVAL)
+
+
+def _typed_path(kind: str, path: str) -> dict[str, Any]:
+    """``TYPE:PATH`` -> ``{type, path}`` or ``{type, root}``, whichever the dataset takes."""
+    from mmcore.plugins import get_registry
+
+    fields = get_registry().get("dataset", kind).config.model_fields
+    key = next((k for k in ("path", "root") if k in fields), None)
+    if key is None:
+        raise UsageError(f"dataset {kind!r} takes no path or root; give --data as a YAML "
+                         "mapping of its parameters")
+    return {"type": kind, key: path}
+
+
+def _pair(text: str) -> tuple[str, str]:
+    names = [n.strip() for n in text.split(",")]
+    if len(names) != 2 or not all(names):
+        raise UsageError(f"--pair takes two modality names, e.g. image,text; got {text!r}")
+    return names[0], names[1]
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -448,6 +496,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_model(mmcore.load(args.checkpoint), args.out, args.format)
     print(f"exported {args.checkpoint} as {args.format} -> {out}")
     return EXIT_OK
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    """Tar shards in the webdataset layout (img2dataset's): 'write' packs a folder of files
+    (000000000.jpg, 000000000.txt, ...) with its captions; 'info' counts what a folder holds
+    (--scan reads every shard through and reports corrupt ones)."""
+    from mmcore.shards import shard_info, write_shards
+
+    if args.shards_command == "write":
+        index = write_shards(args.src, args.out, shard_size=args.shard_size,
+                             captions=args.captions, prefix=args.prefix,
+                             overwrite=args.overwrite)
+        print(f"wrote {index['samples']:,} samples in {len(index['shards'])} shards -> "
+              f"{Path(args.out) / index['pattern']} ({index['uncaptioned']:,} without a caption)")
+        return EXIT_OK
+    info = shard_info(args.dir, scan=args.scan)
+    bad = [s for s in info["shards"] if s.get("problem")]
+    if args.json:
+        print_json(info)
+        return EXIT_FAILURE if bad else EXIT_OK
+    rows = [[s["name"], _count(s["samples"]), _bytes(s["bytes"]), s.get("problem") or ""]
+            for s in info["shards"]]
+    print(format_table(["shard", "samples", "size", "problem"], rows, right=(1, 2)))
+    exts = ", ".join(f"{ext} {n:,}" for ext, n in info["extensions"].items())
+    print(f"{info['samples']:,} samples in {len(rows)} shards (from the {info['source']}); "
+          f"members: {exts or 'none'}")
+    for shard in bad:
+        print(f"problem: {shard['name']}: {shard['problem']}", file=sys.stderr)
+    return EXIT_FAILURE if bad else EXIT_OK
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -548,7 +625,9 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p = _command(sub, "eval", cmd_eval, "evaluate a trained checkpoint",
-                 "example: mmcore eval runs/clip-tiny --task retrieval --json")
+                 "examples:\n  mmcore eval runs/clip-tiny --task retrieval --json\n"
+                 "  mmcore eval clip.safetensors --task zero-shot --data image-folder:photos/ "
+                 "--templates simple")
     p.add_argument("checkpoint", metavar="CKPT",
                    help="a run folder, a checkpoint folder or a .safetensors file")
     p.add_argument("--task", required=True, choices=["zero-shot", "retrieval"],
@@ -558,6 +637,16 @@ def _add_run_commands(sub: Any) -> None:
                    help="items embedded at once (default: evaluate's own)")
     p.add_argument("--limit", type=_positive_int, metavar="N",
                    help="evaluate only the first N items of the evaluation data")
+    p.add_argument("--data", metavar="DATA",
+                   help="evaluate on this dataset instead of the spec's: TYPE:PATH (e.g. "
+                        "image-folder:photos/), a YAML/JSON dataset file, or a YAML mapping "
+                        "(e.g. '{type: audio-folder, root: sounds/}'); mmcore list dataset")
+    p.add_argument("--templates", metavar="SET",
+                   help="zero-shot prompt templates for --data: a set name (openai, simple) "
+                        "or a text file, one template per line")
+    p.add_argument("--pair", metavar="A,B",
+                   help="classified and prompt modalities (default: the contrastive "
+                        "objective's first pair), e.g. image,text")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     _add_json(p)
@@ -576,6 +665,30 @@ def _add_convert_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="where to write")
 
 
+def _add_shards_commands(sub: Any) -> None:
+    p = _command(sub, "shards", cmd_shards, "write and inspect tar shards (webdataset layout)",
+                 "examples:\n  mmcore shards write photos/ --out shards/ --captions captions.csv\n"
+                 "  mmcore shards info shards/ --scan")
+    shards = p.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
+    w = shards.add_parser("write", help="pack a folder of files (+ captions) into shards",
+                          description="Files sharing a name up to the last suffix form one "
+                          "sample; keys are zero-padded in sorted order. Each shard is written "
+                          "atomically; index.json lists shards and sample counts.")
+    w.add_argument("src", metavar="SRC", help="folder of files (e.g. cat.jpg + cat.txt)")
+    w.add_argument("--out", required=True, metavar="DIR", help="folder for the shards")
+    w.add_argument("--shard-size", type=_positive_int, default=1000, metavar="N",
+                   help="samples per shard (default 1000)")
+    w.add_argument("--captions", metavar="FILE", help="CSV (file,caption columns) or JSONL "
+                   "mapping file names to captions; default: a sidecar .txt per file")
+    w.add_argument("--prefix", default="data", help="shard file prefix (default 'data')")
+    w.add_argument("--overwrite", action="store_true", help="replace shards already in DIR")
+    i = shards.add_parser("info", help="shard names and sample counts of a folder")
+    i.add_argument("dir", metavar="DIR", help="a folder of shards")
+    i.add_argument("--scan", action="store_true",
+                   help="read every shard instead of trusting index.json; exit 1 on problems")
+    _add_json(i)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmcore`` argument parser with every subcommand."""
     from mmcore import __version__
@@ -591,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_commands(sub)
     _add_run_commands(sub)
     _add_convert_commands(sub)
+    _add_shards_commands(sub)
     return parser
 
 

@@ -17,14 +17,19 @@ from mmcore_audio.encoder import (
     build_audio_transformer,
 )
 from mmcore_audio.preprocess import AudioPreprocessConfig, AudioPreprocessor
+from mmcore_audio.resample import resample
 from mmcore_audio.tokenizer import (
     ConvStemConfig,
     build_conv_stem,
     conv_stem_cost,
     example_features,
 )
+from mmcore_audio.wav import read_wav
 
 __version__ = "0.1.0"
+
+#: public API for other plugins: WAV reading and band-limited resampling
+__all__ = ["read_wav", "resample"]
 
 
 def example_waveforms(preprocessor: Any, batch_size: int,

@@ -1,0 +1,74 @@
+"""Raw audio items -> mono float64 waveforms at a given rate.
+
+WAV reading and band-limited resampling come from the ``mmcore_audio`` plugin
+(``mmcore_audio.read_wav``, ``mmcore_audio.resample``, its public API), imported only when a
+WAV path or a different sample rate needs them: that plugin has no public re-export of
+these two functions yet, and copying them here would fork them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        from mmcore_audio import read_wav
+    except ImportError as exc:  # pragma: no cover - mmcore_audio ships with mmcore
+        raise ValueError(f"reading WAV files needs the mmcore_audio plugin ({exc})") from None
+    return read_wav(path)
+
+
+def _resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return waveform
+    try:
+        from mmcore_audio import resample
+    except ImportError as exc:  # pragma: no cover
+        raise ValueError(f"resampling {rate} Hz audio to {target} Hz needs the mmcore_audio "
+                         f"plugin ({exc})") from None
+    out = resample(torch.from_numpy(waveform), rate, target)
+    return out.numpy()
+
+
+def mono(array: Any) -> np.ndarray:
+    """A 1-D numpy/torch waveform or list of floats -> (L,) float64; integer samples are
+    scaled to [-1, 1)."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    if isinstance(array, (list, tuple)):
+        array = np.asarray(array, dtype=np.float64)
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"cannot read audio from {type(array).__name__}; give a WAV path, a "
+                        "1-D waveform or a (waveform, sample_rate) pair")
+    if array.ndim != 1:
+        raise ValueError(f"a waveform must be 1-D (mono samples), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError("the waveform is empty (zero-length audio)")
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        middle = (int(info.max) + int(info.min) + 1) / 2  # 0 for signed, 128 for uint8
+        return (array.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"waveform samples must be numbers, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ValueError("the waveform holds NaN or infinite samples")
+    return array.astype(np.float64)
+
+
+def load_waveform(item: Any, rate: int) -> np.ndarray:
+    """A WAV path, a ``(waveform, sample_rate)`` pair or a bare waveform (taken to be at
+    ``rate``) -> mono (L,) float64 at ``rate``."""
+    if isinstance(item, (str, Path)):
+        samples, source_rate = _read_wav(Path(item))
+        return _resample(samples.astype(np.float64), source_rate, rate)
+    if isinstance(item, tuple):
+        if len(item) != 2 or isinstance(item[1], bool) or \
+                not isinstance(item[1], (int, np.integer)) or item[1] <= 0:
+            raise TypeError("an audio pair must be (waveform, sample_rate: positive int)")
+        return _resample(mono(item[0]), int(item[1]), rate)
+    return mono(item)
