@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mmcore
-from mmcore.convert.hf_clip import hf_clip_to_mmcore, spec_from_hf_clip_config
+from mmcore_clip.hf_clip import hf_clip_to_mmcore, spec_from_hf_clip_config
 
 Inputs = dict[str, Any]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import mmcore
-from mmcore.convert.hf_clip import from_hf_clip, hf_clip_to_mmcore, spec_from_hf_clip_config
+from mmcore_clip.hf_clip import from_hf_clip, hf_clip_to_mmcore, spec_from_hf_clip_config
 
 transformers = pytest.importorskip("transformers")
 

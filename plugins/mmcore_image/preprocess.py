@@ -53,7 +53,7 @@ class ImagePreprocessor:
         w, h = image.size
         if self.cfg.center_crop:
             scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            nw, nh = max(size, int(w * scale)), max(size, int(h * scale))  # as torchvision
             image = image.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = (nw - size) // 2, (nh - size) // 2
             image = image.crop((left, top, left + size, top + size))

@@ -86,6 +86,10 @@ class HFTokenizerPreprocessor:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception
             raise ValueError(f"cannot read tokenizer {path}: {exc}") from None
+        # files saved by transformers may fix padding/truncation; _pack does both here so
+        # the mask ends at the last real token (the EOT), where CLIP-style models pool
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
         self.cfg = cfg
         self.pad_id = self._id(cfg.pad_token) if cfg.pad_token else 0
         self.eos_id = self._id(cfg.eos_token) if cfg.eos_token else None
