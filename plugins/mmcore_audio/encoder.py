@@ -2,51 +2,24 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from mmcore import cost as costs
 from mmcore.builder import BuildContext
-from mmcore.contract import Encoder, Tokens
 from mmcore.cost import Cost, CostContext
-from mmcore.kernels import KernelSet
-from mmcore.layers import TransformerStack
-from mmcore.registry import ComponentConfig
+from mmcore.encoders import (
+    TransformerEncoder,
+    TransformerEncoderConfig,
+    build_transformer_encoder,
+    transformer_encoder_cost,
+)
 
 
-class AudioTransformerConfig(ComponentConfig):
+class AudioTransformerConfig(TransformerEncoderConfig):
     """``width`` defaults to the tokenizer's width."""
 
-    width: int | None = Field(None, gt=0)
-    layers: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    mlp_ratio: float = Field(4.0, gt=0)
-    act: str = "gelu"
-    norm_eps: float = Field(1e-5, gt=0)
-    final_norm: bool = True
 
-
-class AudioTransformer(Encoder):
-    """(B, N, D) -> (B, N, D), full (non-causal) attention over the real tokens."""
-
-    def __init__(self, cfg: AudioTransformerConfig, width: int, kernels: KernelSet) -> None:
-        super().__init__()
-        self.out_width = width
-        self.stack = TransformerStack(width=width, layers=cfg.layers, heads=cfg.heads,
-                                      kernels=kernels, mlp_ratio=cfg.mlp_ratio, act=cfg.act,
-                                      norm_eps=cfg.norm_eps, final_norm=cfg.final_norm)
-
-    def forward(self, tokens: Tokens) -> Tokens:
-        return Tokens(self.stack(tokens.x, mask=tokens.mask), tokens.mask)
-
-
-def build_audio_transformer(cfg: AudioTransformerConfig, ctx: BuildContext) -> AudioTransformer:
-    return AudioTransformer(cfg, ctx.encoder_width(cfg.width), ctx.kernels)
+def build_audio_transformer(cfg: AudioTransformerConfig, ctx: BuildContext) -> TransformerEncoder:
+    """(B, N, D) audio tokens -> (B, N, D), full attention over the real tokens."""
+    return build_transformer_encoder(cfg, ctx)
 
 
 def audio_transformer_cost(cfg: AudioTransformerConfig, ctx: CostContext) -> Cost:
-    """``layers`` pre-norm blocks over the tokenizer's tokens, then the final norm."""
-    if ctx.in_shape is None:
-        raise ValueError("the audio-transformer cost needs the shape of its input tokens")
-    n, width = ctx.in_shape.tokens, cfg.width or ctx.in_shape.width
-    return costs.transformer_stack(n, width, cfg.layers, cfg.heads, cfg.mlp_ratio,
-                                   final_norm=cfg.final_norm)
+    return transformer_encoder_cost(cfg, ctx)
