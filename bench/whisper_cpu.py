@@ -1,0 +1,178 @@
+"""Whisper decoding on CPU: mmcore against Hugging Face transformers' ``generate``.
+
+A random checkpoint of whisper-tiny's shape (d_model 384, 4 + 4 layers, 6 heads, 51865
+tokens, 80 mel bins) is written locally as a Hugging Face folder, imported into mmcore with
+the ``hf-whisper`` converter, and both transcribe the same audio features (one 30 s
+window: encoder + KV-cached decoding of ``--tokens`` tokens). Prints both times (median of
+``--iters`` alternating runs after a warm-up), ratio = mmcore / transformers (target
+<= 0.7) and whether the tokens are identical; then the same for decoding alone (one
+window, both from the same encoder output), since the encoder is the same computation in
+both and bounds the end-to-end ratio of short windows. On a shared machine use
+``--threads 1``: with more threads, other load stalls the many tiny decoding ops.
+
+    python bench/whisper_cpu.py [--tokens 64] [--iters 3] [--beam-size 1] [--timestamps]
+    python bench/whisper_cpu.py --quick          # a small model, a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcore.convert import import_model
+from mmcore_whisper.testing import LANGUAGES, audio_features, write_random_whisper
+from mmcore_whisper.transcribe import (
+    DecodeOptions,
+    decode_window,
+    encode,
+    transcribe_features,
+    whisper_head,
+)
+
+TARGET = 0.7
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=64, help="new tokens per window")
+    p.add_argument("--iters", type=int, default=3, help="timed runs of each (median)")
+    p.add_argument("--beam-size", type=int, default=1)
+    p.add_argument("--timestamps", action="store_true")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--quick", action="store_true", help="d_model 64, 2 + 2 layers")
+    p.add_argument("--profile", action="store_true", help="profile one mmcore run")
+    return p.parse_args(argv)
+
+
+def build(folder: Path, quick: bool) -> tuple[Any, Any]:
+    """(transformers model, mmcore model) holding the same random weights."""
+    if quick:
+        hf = write_random_whisper(folder, max_target_positions=448, max_length=448)
+    else:
+        hf = write_random_whisper(folder, d_model=384, layers=4, heads=6, text_tokens=50257,
+                                  languages=tuple(LANGUAGES), max_target_positions=448,
+                                  max_length=448)
+    assert hf.config.vocab_size == (1768 if quick else 51865)
+    return hf, import_model(folder).eval()
+
+
+def timed(run: Callable[[], list[int]]) -> tuple[float, list[int]]:
+    start = time.perf_counter()
+    tokens = run()
+    return time.perf_counter() - start, tokens
+
+
+def runners(hf: Any, ours: Any, features: torch.Tensor,
+            args: argparse.Namespace) -> tuple[Callable[[], list[int]], Callable[[], list[int]]]:
+    """Each runner transcribes the window and returns its generated tokens."""
+    options = DecodeOptions(language="en", timestamps=args.timestamps,
+                            max_new_tokens=args.tokens, beam_size=args.beam_size)
+
+    @torch.no_grad()
+    def run_hf() -> list[int]:
+        out = hf.generate(features, language="en", task="transcribe",
+                          max_new_tokens=args.tokens, return_timestamps=args.timestamps,
+                          num_beams=args.beam_size, return_segments=True)
+        return [t for s in out["segments"][0] for t in s["tokens"].tolist()]
+
+    def run_ours() -> list[int]:
+        return transcribe_features(ours, features[0], options).tokens
+
+    return run_hf, run_ours
+
+
+def decoding_runners(hf: Any, ours: Any, features: torch.Tensor, args: argparse.Namespace
+                     ) -> tuple[Callable[[], list[int]], Callable[[], list[int]]]:
+    """Runners that decode one window from a precomputed encoder output."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    head = whisper_head(ours)
+    with torch.no_grad():
+        hidden = BaseModelOutput(last_hidden_state=hf.model.encoder(features).last_hidden_state)
+        audio = encode(ours, head, features)
+    prompt = head.tokens.prompt(language_id=head.tokens.language_id("en"), task="transcribe",
+                                timestamps=args.timestamps)
+    options = DecodeOptions(timestamps=args.timestamps, max_new_tokens=args.tokens,
+                            beam_size=args.beam_size)
+
+    @torch.no_grad()
+    def run_hf() -> list[int]:
+        out = hf.generate(encoder_outputs=hidden, language="en", task="transcribe",
+                          max_new_tokens=args.tokens, return_timestamps=args.timestamps,
+                          num_beams=args.beam_size, force_unique_generate_call=True)
+        tokens: list[int] = out[0, len(prompt):].tolist()
+        return tokens[:-1] if tokens and tokens[-1] == head.tokens.eos else tokens
+
+    @torch.no_grad()
+    def run_ours() -> list[int]:
+        return decode_window(head, audio, prompt, options)
+
+    return run_hf, run_ours
+
+
+def compare(run_hf: Callable[[], list[int]], run_ours: Callable[[], list[int]],
+            iters: int) -> tuple[list[float], list[float], bool, int]:
+    """(transformers times, mmcore times, tokens identical, tokens) over alternating runs."""
+    run_hf(), run_ours()  # warm-up
+    hf_times, our_times, same, count = [], [], True, 0
+    for _ in range(iters):
+        t_hf, hf_tokens = timed(run_hf)
+        t_ours, our_tokens = timed(run_ours)
+        hf_times.append(t_hf)
+        our_times.append(t_ours)
+        same, count = same and hf_tokens == our_tokens, len(our_tokens)
+    return hf_times, our_times, same, count
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, ours = build(Path(tmp) / "whisper", args.quick)
+    features = audio_features(1, seed=1)
+    run_hf, run_ours = runners(hf, ours, features, args)
+    hf_times, our_times, same, count = compare(run_hf, run_ours, args.iters)
+    shape = "d_model 64, 2+2 layers" if args.quick else "whisper-tiny shape (384, 4+4, 51865)"
+    print(f"model: random {shape}; beam {args.beam_size}; timestamps {args.timestamps}; "
+          f"threads {args.threads}")
+    report("end to end (encoder + decoding)", hf_times, our_times, same, count)
+    dec_hf, dec_ours, dec_same, dec_count = compare(
+        *decoding_runners(hf, ours, features, args), args.iters)
+    report("decoding alone (same encoder output, one window)", dec_hf, dec_ours, dec_same,
+           dec_count)
+    if args.profile:
+        profile(run_ours)
+    return 0 if same and dec_same else 1
+
+
+def report(title: str, hf_times: list[float], our_times: list[float], same: bool,
+           count: int) -> None:
+    hf_s, ours_s = statistics.median(hf_times), statistics.median(our_times)
+    ratio = ours_s / hf_s
+    print(f"{title}: {count} tokens")
+    print(f"  transformers generate: {hf_s * 1000:9.1f} ms (median of {len(hf_times)})")
+    print(f"  mmcore:                {ours_s * 1000:9.1f} ms")
+    print(f"  ratio mmcore / transformers: {ratio:.2f} (target <= {TARGET}; fastest runs "
+          f"{min(our_times) / min(hf_times):.2f}) {'ok' if ratio <= TARGET else 'SLOWER'}")
+    print(f"  tokens identical: {same}")
+
+
+def profile(run: Callable[[], list[int]]) -> None:
+    with torch.profiler.profile() as prof:
+        run()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""mmcore's Whisper family: the ``whisper-decoder`` head (Whisper's text decoder with a
+KV cache), the ``hf-whisper`` converter (Hugging Face folders -> mmcore) and decoding
+(greedy, beam search, timestamps, 30 s windows) behind ``mmcore transcribe``.
+
+A Whisper model is an ordinary mmcore composition: the ``audio`` modality (log-mel
+preprocessor, ``conv-stem`` tokenizer, ``audio-transformer`` encoder), ``late`` fusion
+(which passes the audio tokens through) and this plugin's decoder head.
+"""
+
+from __future__ import annotations
+
+from mmcore import hookimpl
+from mmcore.hookspecs import Register
+from mmcore_whisper.convert import make_converter
+from mmcore_whisper.decoder import (
+    WhisperDecoderConfig,
+    build_whisper_decoder,
+    tiny_tokens,
+    whisper_decoder_cost,
+)
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_heads(register: Register) -> None:
+    # the conformance suite's context tokens: "alpha", width 16
+    register("whisper-decoder", build_whisper_decoder, config=WhisperDecoderConfig,
+             tiny={"context": "alpha", "vocab_size": 16, "width": 16, "layers": 1, "heads": 2,
+                   "ffn_dim": 32, "max_positions": 8, "tokens": tiny_tokens()},
+             cost=whisper_decoder_cost,
+             summary="Whisper's text decoder (learned positions, cross-attention to the "
+                     "audio, tied output); KV-cached greedy/beam decoding with timestamps")
+
+
+@hookimpl
+def register_converters(register: Register) -> None:
+    register("hf-whisper", make_converter,
+             summary="Hugging Face Whisper folder (config.json, model.safetensors, "
+                     "tokenizer.json), tiny to large-v3 and .en")
