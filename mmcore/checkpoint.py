@@ -58,8 +58,12 @@ def save_tensors(tensors: Mapping[str, Tensor], path: str | Path,
     return path
 
 
-def save(model: nn.Module, path: str | Path, extra: Mapping[str, str] | None = None) -> Path:
-    """Save ``model`` (a MultimodalModel) with its spec, plugin versions and kernel choices."""
+def save(model: nn.Module, path: str | Path, extra: Mapping[str, str] | None = None, *,
+         tensors: Mapping[str, Tensor] | None = None) -> Path:
+    """Save ``model`` (a MultimodalModel) with its spec, plugin versions and kernel choices.
+
+    ``tensors`` replaces ``model.state_dict()``, e.g. the gathered whole tensors of a model
+    whose parameters are sharded across ranks (FSDP)."""
     from mmcore import __version__
 
     spec = getattr(model, "spec", None)
@@ -71,7 +75,7 @@ def save(model: nn.Module, path: str | Path, extra: Mapping[str, str] | None = N
         "kernels": json.dumps(getattr(model, "kernel_choices", {})),
         **dict(extra or {}),
     }
-    return save_tensors(model.state_dict(), path, meta)
+    return save_tensors(model.state_dict() if tensors is None else tensors, path, meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

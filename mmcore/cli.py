@@ -384,18 +384,38 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a spec's model on its data. DIR receives checkpoints, metrics (metrics.jsonl,
     metrics.csv, loss.png), the spec and the final model.safetensors."""
+    from mmcore.parallel import launch_rank
     from mmcore.train import train
 
-    spec = _load_spec(args.spec)
+    spec = _train_overrides(_load_spec(args.spec), args)
     checkpoint = train(spec, Path(args.out), resume=args.resume, steps=args.steps,
                        progress=not args.no_progress, device=args.device,
                        stop_after=args.stop_after, overwrite=args.overwrite)
+    if launch_rank() != 0:  # under torchrun rank 0 alone reports
+        return EXIT_OK
     print(f"checkpoint: {checkpoint}")
     if checkpoint != Path(args.out) / "model.safetensors":
         print(f"continue: mmcore train {args.spec} --out {args.out} --resume")
     elif _is_contrastive(spec):
         print(f"evaluate: mmcore eval {args.out} --task zero-shot  (or --task retrieval)")
     return EXIT_OK
+
+
+def _train_overrides(spec: ModelSpec, args: argparse.Namespace) -> ModelSpec:
+    """The spec with ``train:`` settings replaced by the train command's options."""
+    from mmcore.errors import SpecIssue
+    from mmcore.spec import TrainSpec
+
+    given = {"strategy": args.strategy, "precision": args.precision,
+             "grad_accum_steps": args.grad_accum, "tensorboard": args.tensorboard or None}
+    changes = {k: v for k, v in given.items() if v is not None}
+    if not changes:
+        return spec
+    try:
+        train = TrainSpec.model_validate({**spec.train.model_dump(), **changes})
+    except ValueError as exc:
+        raise SpecError([SpecIssue("train", str(exc))], args.spec) from None
+    return spec.model_copy(update={"train": train})
 
 
 def _is_contrastive(spec: ModelSpec) -> bool:
@@ -496,6 +516,54 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_model(mmcore.load(args.checkpoint), args.out, args.format)
     print(f"exported {args.checkpoint} as {args.format} -> {out}")
     return EXIT_OK
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    """Transcribe audio files (WAV) with a speech-to-text model: an mmcore checkpoint (from
+    mmcore import) or a foreign checkpoint folder a converter recognises, such as a Hugging
+    Face Whisper folder (imported in memory). Prints each file's text; --timestamps prints
+    segments; --json prints {"audio", "language", "text", "segments": [{"start", "end",
+    "text"}]} per file."""
+    model = _load_any_model(args.model)
+    head = next((h for h in model.heads.values() if callable(getattr(h, "transcribe", None))),
+                None)
+    if head is None:
+        raise UsageError(f"{args.model} has no head that transcribes audio (heads: "
+                         f"{', '.join(sorted(model.heads)) or 'none'})")
+    results = head.transcribe(model, args.audio, beam_size=args.beam_size,
+                              language=args.language, task=args.task,
+                              timestamps=args.timestamps, tokenizer=args.tokenizer)
+    if args.json:
+        print_json([{"audio": a, **r} for a, r in zip(args.audio, results, strict=True)])
+        return EXIT_OK
+    for audio, result in zip(args.audio, results, strict=True):
+        prefix = f"{audio}: " if len(args.audio) > 1 else ""
+        if not args.timestamps:
+            print(prefix + result["text"].strip())
+            continue
+        for seg in result["segments"]:
+            print(f"{prefix}[{seg['start']:7.2f} --> {seg['end']:7.2f}] {seg['text'].strip()}")
+    return EXIT_OK
+
+
+def _load_any_model(source: str) -> Any:
+    """An mmcore checkpoint (file or folder), or a folder a registered converter detects."""
+    import mmcore
+    from mmcore.convert import find_converter, import_model
+    from mmcore.errors import CheckpointError
+
+    path = Path(source)
+    if not path.is_dir():
+        return mmcore.load(path)
+    try:
+        fmt, _ = find_converter(path)
+    except CheckpointError:
+        try:
+            return mmcore.load(path)
+        except CheckpointError:
+            raise CheckpointError(f"{path} is neither an mmcore checkpoint nor a folder a "
+                                  "converter recognises (mmcore list converter)") from None
+    return import_model(path, fmt)
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
@@ -611,7 +679,9 @@ def _add_spec_commands(sub: Any) -> None:
 
 def _add_run_commands(sub: Any) -> None:
     p = _command(sub, "train", cmd_train, "train a model from a spec",
-                 "example: mmcore train clip-tiny --out runs/clip-tiny --steps 200")
+                 "example: mmcore train clip-tiny --out runs/clip-tiny --steps 200\n"
+                 "several processes: torchrun --nproc_per_node 2 -m mmcore train clip-tiny "
+                 "--out runs/clip-tiny")
     p.add_argument("spec", metavar="SPEC", help="a YAML file or a preset name")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder for checkpoints")
     p.add_argument("--resume", action="store_true",
@@ -624,6 +694,15 @@ def _add_run_commands(sub: Any) -> None:
                    help="stop at step N with a checkpoint; --resume continues later")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"],
+                   help="under torchrun: ddp or fsdp (FSDP2); auto = ddp (default: the spec's "
+                        "train.strategy)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision; fp16 adds a gradient scaler (default: the spec's)")
+    p.add_argument("--grad-accum", type=_positive_int, metavar="N",
+                   help="micro-batches per optimizer step (default: the spec's)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events to DIR/tensorboard")
     p = _command(sub, "eval", cmd_eval, "evaluate a trained checkpoint",
                  "examples:\n  mmcore eval runs/clip-tiny --task retrieval --json\n"
                  "  mmcore eval clip.safetensors --task zero-shot --data image-folder:photos/ "
@@ -663,6 +742,24 @@ def _add_convert_commands(sub: Any) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="an mmcore checkpoint or run folder")
     p.add_argument("--format", required=True, help="converter name (mmcore list converter)")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write")
+    p = _command(sub, "transcribe", cmd_transcribe, "transcribe audio with a speech model",
+                 "examples:\n  mmcore transcribe ./whisper-tiny talk.wav\n"
+                 "  mmcore transcribe whisper.safetensors a.wav b.wav --timestamps --json\n"
+                 "Audio longer than 30 s is decoded in 30 s windows.")
+    p.add_argument("model", metavar="MODEL",
+                   help="an mmcore checkpoint, or a foreign folder (e.g. Hugging Face Whisper)")
+    p.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV files")
+    p.add_argument("--beam-size", type=_positive_int, default=1, metavar="N",
+                   help="beam search with N beams (default 1: greedy)")
+    p.add_argument("--language", default=None, metavar="CODE",
+                   help="spoken language code, e.g. en (default: detect; none for .en models)")
+    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe",
+                   help="translate: into English (multilingual models)")
+    p.add_argument("--timestamps", action="store_true",
+                   help="predict timestamps; print segments with their times")
+    p.add_argument("--tokenizer", default=None, metavar="FILE",
+                   help="tokenizer.json to use instead of the one the checkpoint names")
+    _add_json(p)
 
 
 def _add_shards_commands(sub: Any) -> None:

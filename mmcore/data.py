@@ -4,16 +4,21 @@ A dataset is map-style: ``len(ds)`` and ``ds[i] -> {"image": PIL.Image, "text": 
 "label": int, ...}`` holding *raw* items keyed by modality name. Preprocessing happens in
 :class:`Collator`, which runs inside DataLoader workers, so it holds only the model's
 plain preprocessor objects (picklable), never the model.
+
+Training also takes a streaming dataset: a torch ``IterableDataset`` (such as
+:class:`mmcore.shards.ShardDataset`) with ``set_epoch(epoch)``, no ``len`` and no sampler;
+it splits itself across ranks and workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import IterableDataset, Sampler
 
 from mmcore.spec import ComponentRef
 
@@ -42,27 +47,62 @@ def select_split(dataset: Dataset, split: str) -> Dataset:
     return chooser(split) if callable(chooser) else dataset
 
 
-def open_dataset(ref: ComponentRef, split: str = TRAIN,
-                 registry: Registry | None = None) -> Dataset:
-    """Build the registered dataset ``ref`` (a spec's ``data:``) and pick ``split``."""
+#: what training reads: map-style items, or a stream (``IterableDataset`` with set_epoch)
+TrainData: TypeAlias = "Dataset | IterableDataset[Any]"
+
+
+def is_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` is a stream (an ``IterableDataset``) rather than map-style."""
+    return isinstance(dataset, IterableDataset)
+
+
+def _make_dataset(ref: ComponentRef, registry: Registry | None) -> Any:
     from mmcore.builder import BuildContext, make_component
     from mmcore.kernels import KernelSet
     from mmcore.plugins import get_registry
 
-    dataset = make_component(registry or get_registry(), "dataset", ref,
-                             BuildContext(kernels=KernelSet()))
-    if not isinstance(dataset, Dataset):
+    return make_component(registry or get_registry(), "dataset", ref,
+                          BuildContext(kernels=KernelSet()))
+
+
+def open_dataset(ref: ComponentRef, split: str = TRAIN,
+                 registry: Registry | None = None) -> Dataset:
+    """Build the registered map-style dataset ``ref`` (a spec's ``data:``), pick ``split``."""
+    dataset = _make_dataset(ref, registry)
+    if not isinstance(dataset, Dataset) or is_stream(dataset):
         raise TypeError(f"dataset {ref.type!r} returned {type(dataset).__name__}, which has "
-                        "no __len__/__getitem__")
+                        "no __len__/__getitem__ (a stream can be trained on, not indexed)")
     return select_split(dataset, split)
 
 
-def spec_dataset(spec: Any, split: str = TRAIN) -> Dataset:
-    """The dataset a ModelSpec names under ``data:``, at ``split``."""
+def open_train_data(ref: ComponentRef, split: str = TRAIN,
+                    registry: Registry | None = None) -> TrainData:
+    """Like :func:`open_dataset`, but a streaming dataset is accepted too."""
+    dataset = _make_dataset(ref, registry)
+    if is_stream(dataset):
+        chooser = getattr(dataset, "split", None)
+        return chooser(split) if callable(chooser) else dataset
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset {ref.type!r} returned {type(dataset).__name__}, which is "
+                        "neither map-style (__len__/__getitem__) nor an IterableDataset")
+    return select_split(dataset, split)
+
+
+def _spec_data(spec: Any) -> ComponentRef:
     if spec is None or spec.data is None:
         raise ValueError("the spec has no 'data:' component; add one, e.g. "
                          "'data: {type: shapes}', or pass a dataset")
-    return open_dataset(spec.data, split)
+    return spec.data
+
+
+def spec_dataset(spec: Any, split: str = TRAIN) -> Dataset:
+    """The map-style dataset a ModelSpec names under ``data:``, at ``split``."""
+    return open_dataset(_spec_data(spec), split)
+
+
+def spec_train_data(spec: Any, split: str = TRAIN) -> TrainData:
+    """The dataset a ModelSpec names under ``data:`` (map-style or a stream), at ``split``."""
+    return open_train_data(_spec_data(spec), split)
 
 
 class Collator:
@@ -140,3 +180,37 @@ class ResumableSampler(Sampler[int]):
             raise ValueError(f"the dataset has {length} items but the saved sampler had "
                              f"{state['length']}; resume with the same data")
         return cls(length, seed=int(state["seed"]), start=int(state["consumed"]))
+
+
+class StepBatches(Sampler[list[int]]):
+    """This rank's micro-batches of index lists, cut from one global sample stream.
+
+    Optimizer step ``s`` uses samples ``[s * batch_size, (s + 1) * batch_size)`` of
+    ``sampler``'s stream; rank ``r`` takes the ``r``-th contiguous share of them and cuts it
+    into ``micro_batches`` equal lists. The data of a step therefore does not depend on the
+    world size, and a checkpoint that consumed ``n`` samples resumes under any world size.
+    """
+
+    def __init__(self, sampler: ResumableSampler, *, batch_size: int, rank: int = 0,
+                 world_size: int = 1, micro_batches: int = 1) -> None:
+        if batch_size % (world_size * micro_batches):
+            raise ValueError(f"batch_size {batch_size} does not divide into {world_size} "
+                             f"rank(s) x {micro_batches} micro-batch(es)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        self.sampler, self.batch_size = sampler, batch_size
+        self.rank, self.world_size, self.micro_batches = rank, world_size, micro_batches
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // (self.world_size * self.micro_batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        stream = iter(self.sampler)
+        share = self.batch_size // self.world_size
+        micro = self.micro_batch_size
+        while True:
+            step = list(islice(stream, self.batch_size))  # the sampler never ends
+            mine = step[self.rank * share:(self.rank + 1) * share]
+            for m in range(self.micro_batches):
+                yield mine[m * micro:(m + 1) * micro]

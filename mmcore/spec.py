@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -122,6 +122,36 @@ class TrainSpec(BaseModel):
     checkpoint_every: int = Field(200, gt=0)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
+    #: under torchrun: ddp, fsdp (FSDP2 fully_shard) or auto (ddp); one process ignores it
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    #: micro-batches per optimizer step; ``batch_size`` is the whole step's batch (all ranks
+    #: and micro-batches together), so it must divide by world size x grad_accum_steps
+    grad_accum_steps: int = Field(1, gt=0)
+    #: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler); weights stay fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: recompute encoder activations in backward: true (every encoder) or modality names
+    activation_checkpointing: bool | list[str] = False
+    #: parts left untrained, e.g. ``modalities.text``, ``modalities.image.encoder``,
+    #: ``fusion``, ``heads.cls``, ``objectives.contrastive``
+    freeze: list[str] = Field(default_factory=list)
+    #: a non-finite loss or gradient: stop with an error, or skip the update and count it
+    nonfinite: Literal["stop", "skip"] = "stop"
+    #: with ``nonfinite: skip``, stop once more steps than this were skipped
+    max_skipped_steps: int = Field(10, ge=0)
+    #: also write TensorBoard event files (needs the ``tensorboard`` package)
+    tensorboard: bool = False
+    #: streaming (iterable) data: optimizer steps per epoch, the same on every rank;
+    #: default: the dataset's known sample count // batch_size
+    steps_per_epoch: int | None = Field(None, gt=0)
+    #: DDP: tolerate parameters unused in a step (a modality absent from a batch)
+    find_unused_parameters: bool = True
+
+    @model_validator(mode="after")
+    def _micro_batches(self) -> TrainSpec:
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"batch_size {self.batch_size} does not divide into "
+                             f"grad_accum_steps {self.grad_accum_steps} micro-batches")
+        return self
 
 
 class ModelSpec(BaseModel):

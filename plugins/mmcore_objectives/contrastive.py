@@ -3,6 +3,21 @@
 ``loss: softmax`` is CLIP's symmetric InfoNCE; ``loss: sigmoid`` is SigLIP's pairwise sigmoid
 loss with a learnable logit bias. Both run through the ``contrastive_loss`` kernel op chosen at
 build time (chunked or Triton by default: no batch-by-batch logits matrix is kept).
+
+Across data-parallel ranks (``gather``; a single process ignores it):
+
+- ``global`` (open_clip ``gather_with_grad=True``): every rank gathers both embeddings with
+  gradients and computes the whole global loss. After DDP averages, the gradients equal the
+  one-process full-batch gradients exactly.
+- ``local`` (open_clip ``local_loss=True`` with gathered gradients): each rank scores only its
+  own rows against all gathered columns, both directions. The mean of the ranks' losses is the
+  global loss and, after DDP averages, the gradients equal the full-batch ones; compute per
+  rank is B_local x B_global instead of B_global^2 (the softmax form keeps that logits block).
+- ``global-no-grad`` (open_clip's default ``gather_with_grad=False``): the gathered rows of
+  other ranks are constants. Each rank's loss is the global loss and its gradient is exact for
+  its own rows, so after DDP averages, the encoders' update is the full-batch gradient divided
+  by the number of ranks (as a learning rate scaled by 1 / world size); the temperature and
+  bias, computed from the whole gathered batch on every rank, get the full gradient.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from mmcore import distributed
 from mmcore.builder import BuildContext
 from mmcore.contract import Batch, ModelOutput, Objective
 from mmcore.kernels import KernelSet
@@ -38,6 +54,8 @@ class ContrastiveConfig(ComponentConfig):
     learnable_temperature: bool = True
     #: upper clamp of the logit scale exp(t) (CLIP: 100)
     max_logit_scale: float = Field(100.0, gt=0)
+    #: negatives across data-parallel ranks: global | local | global-no-grad (module docstring)
+    gather: Literal["global", "local", "global-no-grad"] = "global"
 
     @field_validator("pairs")
     @classmethod
@@ -72,9 +90,30 @@ class Contrastive(Objective):
     def pair_loss(self, a: Tensor, b: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         """(loss, top-1 accuracy of a -> b) for (B, E) embeddings; matching rows are positives."""
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+        if distributed.world_size() > 1:
+            return self._gathered_loss(a, b, scale), contrastive_accuracy(a, b)
         loss = self.kernels.call("contrastive_loss", a, b, scale, kind=self.cfg.loss,
                                  logit_bias=self.logit_bias)
         return loss, contrastive_accuracy(a, b)
+
+    def _gathered_loss(self, a: Tensor, b: Tensor, scale: Tensor) -> Tensor:
+        """The loss of this rank's (B_local, E) rows with the other ranks' rows as negatives."""
+        kind, bias = self.cfg.loss, self.logit_bias
+        if self.cfg.gather == "local":
+            b_all = distributed.gather_with_grad(b)  # (B_global, E)
+            offset = distributed.rank() * a.shape[0]
+            if kind == "sigmoid":
+                return self.kernels.call("contrastive_loss", a, b_all, scale, kind=kind,
+                                         logit_bias=bias, row_offset=offset)
+            a_all = distributed.gather_with_grad(a)
+            target = torch.arange(a.shape[0], device=a.device) + offset
+            a_to_b = F.cross_entropy(scale * a @ b_all.t(), target)  # (B_local, B_global)
+            b_to_a = F.cross_entropy(scale * b @ a_all.t(), target)
+            return (a_to_b + b_to_a) / 2
+        gather = (distributed.gather_with_grad if self.cfg.gather == "global"
+                  else distributed.gather_no_grad)
+        return self.kernels.call("contrastive_loss", gather(a), gather(b), scale, kind=kind,
+                                 logit_bias=bias)
 
     def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         pairs = [(a, b) for a, b in self.cfg.pairs
