@@ -87,14 +87,28 @@ class Contrastive(Objective):
     def scale(self) -> Tensor:
         return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
 
-    def pair_loss(self, a: Tensor, b: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-        """(loss, top-1 accuracy of a -> b) for (B, E) embeddings; matching rows are positives."""
+    def pair_loss(self, a: Tensor, b: Tensor, scale: Tensor,
+                  gather: bool = False) -> tuple[Tensor, Tensor]:
+        """(loss, top-1 accuracy of a -> b) for (B, E) embeddings; matching rows are positives.
+        ``gather``: take negatives from every rank (the pair must be present on all of them)."""
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-        if distributed.world_size() > 1:
+        if gather:
             return self._gathered_loss(a, b, scale), contrastive_accuracy(a, b)
         loss = self.kernels.call("contrastive_loss", a, b, scale, kind=self.cfg.loss,
                                  logit_bias=self.logit_bias)
         return loss, contrastive_accuracy(a, b)
+
+    def _on_every_rank(self, output: ModelOutput) -> set[tuple[str, str]]:
+        """The pairs every data-parallel rank has in this step (one all_reduce, so all ranks
+        then run the same gathers; a pair some rank lacks is scored locally)."""
+        if distributed.world_size() == 1:
+            return set()
+        here = torch.tensor([a in output.embeddings and b in output.embeddings
+                             for a, b in self.cfg.pairs], dtype=torch.int32)
+        device = next(iter(output.embeddings.values())).device
+        here = here.to(device)
+        torch.distributed.all_reduce(here, op=torch.distributed.ReduceOp.MIN)
+        return {pair for pair, flag in zip(self.cfg.pairs, here.tolist(), strict=True) if flag}
 
     def _gathered_loss(self, a: Tensor, b: Tensor, scale: Tensor) -> Tensor:
         """The loss of this rank's (B_local, E) rows with the other ranks' rows as negatives."""
@@ -122,8 +136,9 @@ class Contrastive(Objective):
             raise ValueError(f"none of the pairs {self.cfg.pairs} is present in this batch "
                              f"(embeddings: {sorted(output.embeddings)})")
         scale = self.scale()
-        terms = [self.pair_loss(output.embeddings[a], output.embeddings[b], scale)
-                 for a, b in pairs]
+        shared = self._on_every_rank(output)
+        terms = [self.pair_loss(output.embeddings[a], output.embeddings[b], scale,
+                                gather=(a, b) in shared) for a, b in pairs]
         out = {"loss": torch.stack([t[0] for t in terms]).mean(), "logit_scale": scale.detach()}
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias.detach()
