@@ -4,20 +4,31 @@
 loss with a learnable logit bias. Both run through the ``contrastive_loss`` kernel op chosen at
 build time (chunked or Triton by default: no batch-by-batch logits matrix is kept).
 
-Across data-parallel ranks (``gather``; a single process ignores it):
+Across data-parallel ranks (``gather``; a single process, or a pair some rank lacks in this
+step, is scored locally). Names as in open_clip's ``ClipLoss``/``SigLipLoss`` and
+TorchMultimodal's ``ContrastiveLossWithTemperature``; B_r is rank r's batch, B = sum B_r:
 
-- ``global`` (open_clip ``gather_with_grad=True``): every rank gathers both embeddings with
-  gradients and computes the whole global loss. After DDP averages, the gradients equal the
-  one-process full-batch gradients exactly.
-- ``local`` (open_clip ``local_loss=True`` with gathered gradients): each rank scores only its
-  own rows against all gathered columns, both directions. The mean of the ranks' losses is the
-  global loss and, after DDP averages, the gradients equal the full-batch ones; compute per
-  rank is B_local x B_global instead of B_global^2 (the softmax form keeps that logits block).
+- ``global`` (open_clip ``gather_with_grad=True, local_loss=False``): every rank gathers both
+  embeddings with gradients and computes the whole B x B loss (redundantly, the same value on
+  every rank). DDP averages gradients over the W ranks, so each rank's loss must be the full
+  loss: the gather's backward sums the W ranks' (identical) gradients wrt each rank's rows,
+  and DDP's 1 / W brings the sum back to exactly the one-process full-batch gradient.
+- ``local`` (open_clip ``local_loss=True`` with ``gather_with_grad=True``): each rank scores
+  only its own rows against all gathered columns (the kernel's ``row_offset`` = the rows of
+  the ranks before it), softmax in both directions as a_local vs b_all and b_local vs a_all;
+  sigmoid over (local rows) x (all columns). The rank's loss is weighted by W * B_r / B, so
+  the mean over ranks is exactly the global loss and, after DDP averages, the gradients are
+  exactly the full-batch ones. Compute per rank is B_r x B instead of B x B; the softmax form
+  needs no B_r x B logits block (three kernel calls, see :meth:`Contrastive._local_softmax`).
 - ``global-no-grad`` (open_clip's default ``gather_with_grad=False``): the gathered rows of
-  other ranks are constants. Each rank's loss is the global loss and its gradient is exact for
-  its own rows, so after DDP averages, the encoders' update is the full-batch gradient divided
-  by the number of ranks (as a learning rate scaled by 1 / world size); the temperature and
-  bias, computed from the whole gathered batch on every rank, get the full gradient.
+  other ranks are constants; only the rank's own slice keeps its gradient. Each rank's loss
+  is the global loss and the gradient it computes wrt its own rows is that loss's exact
+  partial derivative. What is missing are the cross terms: the other ranks' gradients wrt
+  these rows, which ``global`` adds up in the gather's backward. As every rank computes the
+  same loss, they are W - 1 copies of the same partial, so after DDP's 1 / W average the
+  encoders' update is the full-batch gradient divided by W (as if the learning rate were
+  scaled by 1 / W). The temperature and bias, which every rank uses on the whole gathered
+  batch, get the full gradient.
 """
 
 from __future__ import annotations
@@ -111,23 +122,47 @@ class Contrastive(Objective):
         return {pair for pair, flag in zip(self.cfg.pairs, here.tolist(), strict=True) if flag}
 
     def _gathered_loss(self, a: Tensor, b: Tensor, scale: Tensor) -> Tensor:
-        """The loss of this rank's (B_local, E) rows with the other ranks' rows as negatives."""
-        kind, bias = self.cfg.loss, self.logit_bias
+        """The loss of this rank's (B_r, E) rows with the other ranks' rows as negatives."""
+        sizes = distributed.gathered_sizes(a)  # a and b have the same rows: one exchange
         if self.cfg.gather == "local":
-            b_all = distributed.gather_with_grad(b)  # (B_global, E)
-            offset = distributed.rank() * a.shape[0]
-            if kind == "sigmoid":
-                return self.kernels.call("contrastive_loss", a, b_all, scale, kind=kind,
-                                         logit_bias=bias, row_offset=offset)
-            a_all = distributed.gather_with_grad(a)
-            target = torch.arange(a.shape[0], device=a.device) + offset
-            a_to_b = F.cross_entropy(scale * a @ b_all.t(), target)  # (B_local, B_global)
-            b_to_a = F.cross_entropy(scale * b @ a_all.t(), target)
-            return (a_to_b + b_to_a) / 2
+            return self._local_loss(a, b, scale, sizes)
         gather = (distributed.gather_with_grad if self.cfg.gather == "global"
                   else distributed.gather_no_grad)
-        return self.kernels.call("contrastive_loss", gather(a), gather(b), scale, kind=kind,
-                                 logit_bias=bias)
+        return self.kernels.call("contrastive_loss", gather(a, sizes), gather(b, sizes), scale,
+                                 kind=self.cfg.loss, logit_bias=self.logit_bias)
+
+    def _local_loss(self, a: Tensor, b: Tensor, scale: Tensor, sizes: list[int]) -> Tensor:
+        """This rank's rows vs all gathered columns, weighted by W * B_r / B (rank-mean =
+        global loss). A rank without rows still joins the gathers' backward, with weight 0
+        (and gives the temperature and bias a zero gradient, as the other ranks give some)."""
+        b_all = distributed.gather_with_grad(b, sizes)  # (B, E)
+        a_all = distributed.gather_with_grad(a, sizes) if self.cfg.loss == "softmax" else None
+        if a.shape[0] == 0:
+            keep = [b_all.sum(), scale] + [x.sum() for x in (a_all, self.logit_bias)
+                                           if x is not None]  # every rank: same graph
+            return 0.0 * torch.stack(keep).sum()
+        offset = sum(sizes[:distributed.rank()])
+        if a_all is None:
+            loss = self.kernels.call("contrastive_loss", a, b_all, scale, kind="sigmoid",
+                                     logit_bias=self.logit_bias, row_offset=offset)
+        else:
+            loss = self._local_softmax(a, b, a_all, b_all, scale, offset)
+        return loss * (len(sizes) * a.shape[0] / sum(sizes))
+
+    def _local_softmax(self, a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, scale: Tensor,
+                       offset: int) -> Tensor:
+        """1/2 [mean_i CE(a_i vs b_all) + mean_i CE(b_i vs a_all)] over the local rows i.
+
+        The kernel's softmax loss of local rows vs gathered columns adds a b->a term over the
+        local rows only: K(a, b_all) = (A + R) / 2 and K(b, a_all) = (B + R') / 2, where R
+        (R') is CE of each local b (a) against the local a (b) rows; K(a, b) = (R' + R) / 2
+        on the local block, so K(a, b_all) + K(b, a_all) - K(a, b) = (A + B) / 2 exactly,
+        without a B_r x B logits matrix."""
+        def k(x: Tensor, y: Tensor, row_offset: int = 0) -> Tensor:
+            return self.kernels.call("contrastive_loss", x, y, scale, kind="softmax",
+                                     row_offset=row_offset)
+
+        return k(a, b_all, offset) + k(b, a_all, offset) - k(a, b)
 
     def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         pairs = [(a, b) for a, b in self.cfg.pairs
