@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmcore.builder import BuildContext
+from mmcore.imaging import resize_to_tensor, to_pil
 from mmcore.registry import ComponentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,63 +71,9 @@ class FramesPreprocessor:
 
     def frame(self, item: Any) -> Tensor:
         """One frame -> (3, size, size)."""
-        image = self._to_pil(item)
-        size = self.cfg.size
-        w, h = image.size
-        if self.cfg.center_crop:
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-        else:
-            image = image.resize((size, size), Image.Resampling.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (pixels - self.mean) / self.std
-
-    def _check_size(self, w: int, h: int, what: str) -> None:
-        if w * h > self.cfg.max_pixels:
-            raise ValueError(f"{what} is {w}x{h} = {w * h} pixels, over the limit of "
-                             f"{self.cfg.max_pixels} (decompression-bomb guard)")
-        if w == 0 or h == 0:
-            raise ValueError(f"{what} is empty ({w}x{h})")
-
-    def _to_pil(self, item: Any) -> Image.Image:
-        if isinstance(item, (str, Path)):
-            return self._open(Path(item))
-        if isinstance(item, Image.Image):
-            self._check_size(*item.size, "frame")
-            return item.convert("RGB")
-        if isinstance(item, Tensor):
-            item = item.detach().cpu().numpy()
-            if item.ndim == 3 and item.shape[0] in (1, 3) and item.shape[2] not in (1, 3, 4):
-                item = item.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
-        if isinstance(item, np.ndarray):
-            return self._from_array(item)
-        raise TypeError(f"cannot read a frame from {type(item).__name__}; give a PIL image, "
-                        "a path, an (H, W, C) array or a (C, H, W) tensor")
-
-    def _open(self, path: Path) -> Image.Image:
-        if not path.is_file():
-            raise FileNotFoundError(f"no frame image at {path}")
-        try:
-            with Image.open(path) as im:
-                self._check_size(*im.size, str(path))
-                return im.convert("RGB")
-        except (OSError, Image.DecompressionBombError) as exc:
-            raise ValueError(f"cannot read frame {path}: {exc}") from None
-
-    def _from_array(self, arr: np.ndarray) -> Image.Image:
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-            raise ValueError(f"a frame must be (H, W) or (H, W, 1|3|4); got {arr.shape}")
-        self._check_size(arr.shape[1], arr.shape[0], "frame")
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        if arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        return Image.fromarray(arr[:, :, :3])
+        image = to_pil(item, self.cfg.max_pixels, "frame")
+        return resize_to_tensor(image, self.cfg.size, center_crop=self.cfg.center_crop,
+                                mean=self.mean, std=self.std)
 
 
 def _frames(item: Any) -> Sequence[Any]:

@@ -1,0 +1,82 @@
+"""Image reading and resizing shared by the image-like preprocessors (images, video frames).
+
+PIL images, paths, (H, W[, C]) arrays and (C, H, W) tensors become RGB PIL images, with a
+decompression-bomb guard checked before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def check_size(w: int, h: int, max_pixels: int, what: str) -> None:
+    """Refuse empty images and images over ``max_pixels`` (decompression bombs)."""
+    if w * h > max_pixels:
+        raise ValueError(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
+                         "(decompression-bomb guard; raise max_pixels if you trust it)")
+    if w == 0 or h == 0:
+        raise ValueError(f"{what} is empty ({w}x{h})")
+
+
+def to_pil(item: Any, max_pixels: int, what: str = "image") -> Image.Image:
+    """A PIL image, path, (H, W[, C]) array or (C, H, W) tensor -> an RGB PIL image."""
+    if isinstance(item, (str, Path)):
+        return _open(Path(item), max_pixels, what)
+    if isinstance(item, Image.Image):
+        check_size(*item.size, max_pixels, what)
+        return item.convert("RGB")
+    if isinstance(item, Tensor):
+        item = item.detach().cpu().numpy()
+        if item.ndim == 3 and item.shape[0] in (1, 3) and item.shape[2] not in (1, 3, 4):
+            item = item.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if isinstance(item, np.ndarray):
+        return _from_array(item, max_pixels, what)
+    raise TypeError(f"cannot read an {what} from {type(item).__name__}; give a PIL image, a "
+                    "path, an (H, W, C) array or a (C, H, W) tensor")
+
+
+def _open(path: Path, max_pixels: int, what: str) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file at {path}")
+    try:
+        with Image.open(path) as im:  # header only: the size is known before decoding
+            check_size(*im.size, max_pixels, str(path))
+            return im.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _from_array(arr: np.ndarray, max_pixels: int, what: str) -> Image.Image:
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an {what} array must be (H, W) or (H, W, 1|3|4); got {arr.shape}")
+    check_size(arr.shape[1], arr.shape[0], max_pixels, f"{what} array")
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return Image.fromarray(arr[:, :, :3])
+
+
+def resize_to_tensor(image: Image.Image, size: int, *, center_crop: bool, mean: Tensor,
+                     std: Tensor) -> Tensor:
+    """Resize the short side to ``size`` (bicubic, truncating like torchvision) and
+    center-crop, or squash to size x size; scale to [0, 1], normalise. -> (3, size, size)."""
+    w, h = image.size
+    if center_crop:
+        scale = size / min(w, h)
+        nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
+        image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    else:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (pixels - mean) / std
