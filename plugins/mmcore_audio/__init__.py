@@ -16,7 +16,7 @@ from mmcore_audio.encoder import (
     audio_transformer_cost,
     build_audio_transformer,
 )
-from mmcore_audio.preprocess import AudioPreprocessConfig, AudioPreprocessor
+from mmcore_audio.preprocess import AudioPreprocessConfig, AudioPreprocessor, mono_samples
 from mmcore_audio.resample import resample
 from mmcore_audio.tokenizer import (
     ConvStemConfig,
@@ -29,7 +29,7 @@ from mmcore_audio.wav import read_wav
 __version__ = "0.1.0"
 
 #: public API for other plugins: WAV reading and band-limited resampling
-__all__ = ["read_wav", "resample"]
+__all__ = ["mono_samples", "read_wav", "resample"]
 
 
 def example_waveforms(preprocessor: Any, batch_size: int,

@@ -101,10 +101,13 @@ class AudioPreprocessor:
         return _mono(item), self.cfg.sample_rate
 
 
-def _mono(array: Any) -> Tensor:
-    """A 1-D numpy/torch waveform -> (L,) float32; integer samples are scaled to [-1, 1)."""
+def mono_samples(array: Any) -> np.ndarray:
+    """A 1-D numpy/torch waveform or list of floats -> (L,) float64; integer samples are
+    scaled to [-1, 1). Public: other audio plugins read waveforms through it."""
     if isinstance(array, Tensor):
         array = array.detach().cpu().numpy()
+    if isinstance(array, (list, tuple)):
+        array = np.asarray(array, dtype=np.float64)
     if not isinstance(array, np.ndarray):
         raise TypeError(f"cannot read audio from {type(array).__name__}; give a WAV path, a "
                         "1-D waveform or a (waveform, sample_rate) pair")
@@ -115,10 +118,17 @@ def _mono(array: Any) -> Tensor:
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
         middle = (int(info.max) + int(info.min) + 1) / 2  # 0 for signed, 128 for uint8
-        array = (array.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
-    elif not np.isfinite(array).all():
+        return (array.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"waveform samples must be numbers, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
         raise ValueError("the waveform holds NaN or infinite samples")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return array.astype(np.float64)
+
+
+def _mono(array: Any) -> Tensor:
+    """:func:`mono_samples` as a (L,) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(mono_samples(array), dtype=np.float32))
 
 
 def _pad_batch(features: list[Tensor]) -> dict[str, Tensor]:

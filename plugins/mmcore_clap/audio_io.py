@@ -36,28 +36,10 @@ def _resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def mono(array: Any) -> np.ndarray:
-    """A 1-D numpy/torch waveform or list of floats -> (L,) float64; integer samples are
-    scaled to [-1, 1)."""
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    if isinstance(array, (list, tuple)):
-        array = np.asarray(array, dtype=np.float64)
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"cannot read audio from {type(array).__name__}; give a WAV path, a "
-                        "1-D waveform or a (waveform, sample_rate) pair")
-    if array.ndim != 1:
-        raise ValueError(f"a waveform must be 1-D (mono samples), got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise ValueError("the waveform is empty (zero-length audio)")
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        middle = (int(info.max) + int(info.min) + 1) / 2  # 0 for signed, 128 for uint8
-        return (array.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
-    if not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(f"waveform samples must be numbers, got dtype {array.dtype}")
-    if not np.isfinite(array).all():
-        raise ValueError("the waveform holds NaN or infinite samples")
-    return array.astype(np.float64)
+    """A 1-D waveform (numpy, torch or list) -> (L,) float64 in [-1, 1) for integers."""
+    from mmcore_audio import mono_samples
+
+    return mono_samples(array)
 
 
 def load_waveform(item: Any, rate: int) -> np.ndarray:
