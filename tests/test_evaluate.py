@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_specs import IMAGE, TEXT
 
 import mmcore
 from mmcore.evaluate import (
@@ -19,15 +20,6 @@ from mmcore.evaluate import (
     evaluate,
 )
 from mmcore.train import train
-
-IMAGE = {"preprocessor": {"type": "image", "size": 16},
-         "tokenizer": {"type": "patch-embedding", "image_size": 16, "patch_size": 8,
-                       "width": 16},
-         "encoder": {"type": "vit", "layers": 1, "heads": 2}}
-TEXT = {"preprocessor": {"type": "byte-text", "context_length": 40},
-        "tokenizer": {"type": "token-embedding", "vocab_size": 259, "width": 16,
-                      "context_length": 40},
-        "encoder": {"type": "text-transformer", "layers": 1, "heads": 2}}
 
 
 def tiny_clip(**train_params: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_specs import DATA, IMAGE, TEXT
 
 import mmcore
 from mmcore.checkpoint import read_tensors
@@ -34,15 +35,6 @@ from mmcore.train import (
     train,
 )
 
-IMAGE = {"preprocessor": {"type": "image", "size": 16},
-         "tokenizer": {"type": "patch-embedding", "image_size": 16, "patch_size": 8,
-                       "width": 16},
-         "encoder": {"type": "vit", "layers": 1, "heads": 2}}
-TEXT = {"preprocessor": {"type": "byte-text", "context_length": 40},
-        "tokenizer": {"type": "token-embedding", "vocab_size": 259, "width": 16,
-                      "context_length": 40},
-        "encoder": {"type": "text-transformer", "layers": 1, "heads": 2}}
-DATA = {"type": "shapes", "image_size": 16, "train_size": 200, "eval_size": 24}
 TRAIN = {"steps": 8, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "log_every": 2,
          "checkpoint_every": 4}
 
