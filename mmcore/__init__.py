@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mmcore._version import __version__
 from mmcore.errors import CheckpointError, MMCoreError, RegistryError, SpecError
 from mmcore.hookspecs import hookimpl
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,6 +26,7 @@ __all__ = [
     "RegistryError",
     "SpecError",
     "Tokens",
+    "__version__",
     "build",
     "get_registry",
     "hookimpl",

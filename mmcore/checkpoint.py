@@ -64,7 +64,7 @@ def save(model: nn.Module, path: str | Path, extra: Mapping[str, str] | None = N
 
     ``tensors`` replaces ``model.state_dict()``, e.g. the gathered whole tensors of a model
     whose parameters are sharded across ranks (FSDP)."""
-    from mmcore import __version__
+    from mmcore._version import __version__
 
     spec = getattr(model, "spec", None)
     meta = {
