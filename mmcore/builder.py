@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from mmcore.errors import SpecError, SpecIssue
 from mmcore.kernels import Hardware, KernelError, KernelSet, select_kernels
 from mmcore.registry import Entry, Registry
-from mmcore.spec import ComponentRef, ModelSpec
+from mmcore.spec import ComponentRef, ModelSpec, ObjectiveRef
 
 
 @dataclass
@@ -91,48 +91,85 @@ def _hardware_for(device: str | torch.device) -> Hardware:
 
 def _build_parts(spec: ModelSpec, registry: Registry, ctx: BuildContext,
                  issues: list[SpecIssue]) -> dict[str, Any]:
-    pre, tok, enc, widths = {}, {}, {}, {}
-    for name, ms in spec.modalities.items():
-        mctx = BuildContext(kernels=ctx.kernels, modality=name)
-        if ms.preprocessor is not None:
-            with _at(f"modalities.{name}.preprocessor", issues), torch.device("cpu"):
-                pre[name] = make_component(registry, "preprocessor", ms.preprocessor, mctx)
-        with _at(f"modalities.{name}.tokenizer", issues):
-            tok[name] = make_component(registry, "tokenizer", ms.tokenizer, mctx)
-            widths[name] = tok[name].out_width
-        if ms.encoder is not None and name in widths:
-            mctx.in_width = widths[name]
-            with _at(f"modalities.{name}.encoder", issues):
-                enc[name] = make_component(registry, "encoder", ms.encoder, mctx)
-                widths[name] = enc[name].out_width
-    fusion = None
-    if len(widths) == len(spec.modalities):
-        fctx = BuildContext(kernels=ctx.kernels, widths=dict(sorted(widths.items())))
-        with _at("fusion", issues):
-            fusion = make_component(registry, "fusion", spec.fusion, fctx)
-    tctx = BuildContext(kernels=ctx.kernels, widths=dict(sorted(widths.items())))
-    heads, objectives = _build_tops(spec, registry, tctx, fusion, issues)
-    return {"preprocessors": pre, "tokenizers": tok, "encoders": enc, "fusion": fusion,
-            "heads": heads, "objectives": objectives}
+    builder = _Builder(registry, ctx.kernels, issues)
+    for path, kind, ref in spec.components():  # the spec's one stage order
+        builder.visit(path, kind, ref)
+    if builder.fusion is None:
+        builder.heads, builder.objectives = {}, {}
+    return {"preprocessors": builder.pre, "tokenizers": builder.tok, "encoders": builder.enc,
+            "fusion": builder.fusion, "heads": builder.heads, "objectives": builder.objectives}
 
 
-def _build_tops(spec: ModelSpec, registry: Registry, ctx: BuildContext, fusion: Any,
-                issues: list[SpecIssue]) -> tuple[dict[str, Any], dict[str, Any]]:
-    if fusion is None:
-        return {}, {}
-    emb = dict(fusion.embedding_widths)
-    heads: dict[str, Any] = {}
-    hctx = BuildContext(kernels=ctx.kernels, embedding_widths=emb)
-    for name, ref in spec.heads.items():
-        with _at(f"heads.{name}", issues):
-            heads[name] = make_component(registry, "head", ref, hctx)
-    octx = BuildContext(kernels=ctx.kernels, embedding_widths=emb, widths=dict(ctx.widths),
-                        heads={n: h.out_features for n, h in heads.items()})
-    objectives: dict[str, Any] = {}
-    for name, oref in spec.objectives.items():
-        with _at(f"objectives.{name}", issues):
-            objectives[name] = (make_component(registry, "objective", oref, octx), oref.weight)
-    return heads, objectives
+class _Builder:
+    """Builds each stage in spec order, handing every factory what the stages before it
+    produced: a modality's widths to its encoder, all widths to the fusion, the fusion's
+    embedding widths to heads, and the heads' sizes to objectives. A failed stage becomes a
+    spec issue; the stages that depend on it are skipped."""
+
+    def __init__(self, registry: Registry, kernels: KernelSet, issues: list[SpecIssue]) -> None:
+        self.registry, self.kernels, self.issues = registry, kernels, issues
+        self.pre: dict[str, Any] = {}
+        self.tok: dict[str, Any] = {}
+        self.enc: dict[str, Any] = {}
+        self.widths: dict[str, int] = {}
+        self.modalities: set[str] = set()
+        self.fusion: Any = None
+        self.heads: dict[str, Any] = {}
+        self.objectives: dict[str, Any] = {}
+
+    def visit(self, path: str, kind: str, ref: ComponentRef) -> None:
+        if kind in ("preprocessor", "tokenizer", "encoder"):
+            self._modality_part(path, kind, ref)
+        elif kind == "fusion":
+            self._fusion(ref)
+        elif kind in ("head", "objective") and self.fusion is not None:
+            self._top(path, kind, ref)
+
+    def _make(self, path: str, kind: str, ref: ComponentRef, ctx: BuildContext) -> Any:
+        with _at(path, self.issues):
+            return make_component(self.registry, kind, ref, ctx)
+        return None
+
+    def _modality_part(self, path: str, kind: str, ref: ComponentRef) -> None:
+        name = path.split(".")[1]
+        self.modalities.add(name)
+        ctx = BuildContext(kernels=self.kernels, modality=name,
+                           in_width=self.widths.get(name) if kind == "encoder" else None)
+        if kind == "preprocessor":
+            with torch.device("cpu"):
+                module = self._make(path, kind, ref, ctx)
+            if module is not None:
+                self.pre[name] = module
+            return
+        if kind == "encoder" and name not in self.widths:
+            return  # its tokenizer failed: already reported
+        module = self._make(path, kind, ref, ctx)
+        if module is not None:
+            (self.tok if kind == "tokenizer" else self.enc)[name] = module
+            self.widths[name] = module.out_width
+
+    def _fusion(self, ref: ComponentRef) -> None:
+        if set(self.widths) != self.modalities:
+            return  # a modality failed to build: already reported
+        ctx = BuildContext(kernels=self.kernels, widths=dict(sorted(self.widths.items())))
+        self.fusion = self._make("fusion", "fusion", ref, ctx)
+
+    def _top(self, path: str, kind: str, ref: ComponentRef) -> None:
+        emb = dict(self.fusion.embedding_widths)
+        name = path.split(".", 1)[1]
+        if kind == "head":
+            head = self._make(path, kind, ref, BuildContext(kernels=self.kernels,
+                                                            embedding_widths=emb))
+            if head is not None:
+                self.heads[name] = head
+            return
+        ctx = BuildContext(kernels=self.kernels, embedding_widths=emb,
+                           widths=dict(sorted(self.widths.items())),
+                           heads={n: h.out_features for n, h in self.heads.items()})
+        objective = self._make(path, kind, ref, ctx)
+        if objective is not None:
+            assert isinstance(ref, ObjectiveRef)
+            self.objectives[name] = (objective, ref.weight)
 
 
 def validate(spec: ModelSpec, registry: Registry | None = None) -> None:

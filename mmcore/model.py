@@ -12,6 +12,10 @@ from torch import Tensor, nn
 from mmcore.contract import Batch, Fusion, FusionOutput, ModalityInput, ModelOutput, Tokens
 from mmcore.kernels import KernelSet
 
+#: spec slot of a modality's pipeline -> the model attribute holding its modules
+_MODALITY_GROUPS = {"preprocessor": "preprocessors", "tokenizer": "tokenizers",
+                    "encoder": "encoders"}
+
 
 class MultimodalModel(nn.Module):
     """Per-modality tokenizer -> encoder, one fusion, heads and weighted objectives.
@@ -46,6 +50,28 @@ class MultimodalModel(nn.Module):
     @property
     def kernel_choices(self) -> dict[str, str]:
         return dict(self.kernels.choices)
+
+    def modules_at(self, path: str) -> list[nn.Module]:
+        """The built modules a spec key path names (see ``ModelSpec.module_paths``):
+        ``modalities.<m>`` (its tokenizer and encoder), ``modalities.<m>.tokenizer|encoder``,
+        ``fusion``, ``heads``, ``heads.<name>``, ``objectives``, ``objectives.<name>``.
+        Preprocessors and data hold no parameters: ``[]``. Unknown paths raise KeyError."""
+        head, *rest = path.split(".")
+        if head == "modalities" and len(rest) in (1, 2) and rest[0] in self.tokenizers:
+            slots = rest[1:] or ["tokenizer", "encoder"]
+            if all(slot in _MODALITY_GROUPS for slot in slots):
+                groups = [getattr(self, _MODALITY_GROUPS[slot]) for slot in slots]
+                return [g[rest[0]] for g in groups
+                        if isinstance(g, nn.ModuleDict) and rest[0] in g]
+        elif head == "fusion" and not rest:
+            return [self.fusion]
+        elif head in ("heads", "objectives") and len(rest) <= 1:
+            group = getattr(self, head)
+            if not rest or rest[0] in group:
+                return [group[rest[0]] if rest else group]
+        elif path == "data":
+            return []
+        raise KeyError(f"no component at {path!r}")
 
     def preprocess(self, modality: str, items: Sequence[Any]) -> ModalityInput:
         """Raw items (images, strings, ...) -> the collated input for ``modality``."""

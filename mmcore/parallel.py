@@ -115,17 +115,8 @@ def resolve_strategy(requested: str, world: int) -> Strategy:
 
 
 def component_paths(spec: Any) -> list[str]:
-    """Every path ``train.freeze`` accepts for ``spec``: ``modalities.<m>[.tokenizer|.encoder]``,
-    ``fusion``, ``heads[.<name>]``, ``objectives[.<name>]``."""
-    paths: list[str] = []
-    for name, modality in spec.modalities.items():
-        paths += [f"modalities.{name}", f"modalities.{name}.tokenizer"]
-        if modality.encoder is not None:
-            paths.append(f"modalities.{name}.encoder")
-    paths.append("fusion")
-    for group in ("heads", "objectives"):
-        names = list(getattr(spec, group))
-        paths += [group, *(f"{group}.{n}" for n in names)] if names else []
+    """Every path ``train.freeze`` accepts for ``spec`` (``ModelSpec.module_paths``)."""
+    paths: list[str] = spec.module_paths()
     return paths
 
 
@@ -150,22 +141,12 @@ def option_problems(spec: Any) -> list[str]:
     return problems
 
 
-def _component(model: Any, path: str) -> list[nn.Module]:
-    parts = path.split(".")
-    if parts[0] == "modalities":
-        name = parts[1]
-        kinds = [parts[2]] if len(parts) > 2 else ["tokenizer", "encoder"]
-        groups = {"tokenizer": model.tokenizers, "encoder": model.encoders}
-        return [groups[k][name] for k in kinds if name in groups[k]]
-    return [model.get_submodule(path)]
-
-
 def freeze(model: Any, paths: Sequence[str]) -> list[str]:
     """Stop training the parts at ``paths`` (see :func:`component_paths`); returns the frozen
     parameter names. Frozen parameters stay out of the optimizer, so they never change."""
     frozen: set[int] = set()
     for path in paths:
-        for module in _component(model, path):
+        for module in model.modules_at(path):
             for param in module.parameters():
                 param.requires_grad_(False)
                 frozen.add(id(param))

@@ -7,7 +7,7 @@ names an import path. Each component's params are checked by its plugin's config
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +78,42 @@ def parse_yaml(text: str, source: str = "<string>") -> tuple[Any, dict[str, int]
         raise SpecError([SpecIssue("", f"not valid YAML: {exc}", line)], source) from None
     finally:
         loader.dispose()
+
+
+#: The parts of one modality's pipeline, in the order data flows through them.
+MODALITY_SLOTS = ("preprocessor", "tokenizer", "encoder")
+
+
+def component_slots(modalities: Iterable[str], heads: Iterable[str],
+                    objectives: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(key path, kind) of every component slot, in the order a model is built and costed:
+    each modality's preprocessor -> tokenizer -> encoder, the fusion, heads, objectives, data.
+
+    The one definition of the stage order; the builder, the cost walk and validation
+    follow it (filled or not: a slot may be empty).
+    """
+    for modality in modalities:
+        for kind in MODALITY_SLOTS:
+            yield f"modalities.{modality}.{kind}", kind
+    yield "fusion", "fusion"
+    for name in heads:
+        yield f"heads.{name}", "head"
+    for name in objectives:
+        yield f"objectives.{name}", "objective"
+    yield "data", "dataset"
+
+
+def value_at(node: Any, path: str) -> Any:
+    """What a dotted key path names in a spec: a validated :class:`ModelSpec` or the raw
+    mapping it came from. None where any step is missing or not a container."""
+    for part in path.split("."):
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, BaseModel) and part in type(node).model_fields:
+            node = getattr(node, part)
+        else:
+            return None
+    return node
 
 
 class ComponentRef(BaseModel):
@@ -187,19 +223,33 @@ class ModelSpec(BaseModel):
         return self
 
     def components(self) -> Iterator[tuple[str, str, ComponentRef]]:
-        """(key path, kind, ref) for every component in the spec."""
-        for mod, ms in self.modalities.items():
-            for kind in ("preprocessor", "tokenizer", "encoder"):
-                ref = getattr(ms, kind)
-                if ref is not None:
-                    yield f"modalities.{mod}.{kind}", kind, ref
-        yield "fusion", "fusion", self.fusion
-        for name, ref in self.heads.items():
-            yield f"heads.{name}", "head", ref
-        for name, oref in self.objectives.items():
-            yield f"objectives.{name}", "objective", oref
-        if self.data is not None:
-            yield "data", "dataset", self.data
+        """(key path, kind, ref) for every component in the spec, in build order."""
+        for path, kind in component_slots(self.modalities, self.heads, self.objectives):
+            ref = self.component(path)
+            if ref is not None:
+                yield path, kind, ref
+
+    def component(self, path: str) -> ComponentRef | None:
+        """The component at a key path such as ``modalities.image.encoder`` or ``heads.cls``
+        (None where the slot is empty)."""
+        found = value_at(self, path)
+        return found if isinstance(found, ComponentRef) else None
+
+    def module_paths(self) -> list[str]:
+        """Every path naming built modules (what ``train.freeze`` and
+        :meth:`mmcore.model.MultimodalModel.modules_at` accept):
+        ``modalities.<m>[.tokenizer|.encoder]``, ``fusion``, ``heads[.<name>]``,
+        ``objectives[.<name>]``."""
+        paths: list[str] = []
+        for name, modality in self.modalities.items():
+            paths += [f"modalities.{name}", f"modalities.{name}.tokenizer"]
+            if modality.encoder is not None:
+                paths.append(f"modalities.{name}.encoder")
+        paths.append("fusion")
+        for group in ("heads", "objectives"):
+            names = list(getattr(self, group))
+            paths += [group, *(f"{group}.{n}" for n in names)] if names else []
+        return paths
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=False)
@@ -259,19 +309,14 @@ def _check_ref(path: str, kind: str, ref: ComponentRef, registry: Registry,
 
 def _raw_components(data: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
     """(key path, kind, raw value) of every component slot in unvalidated spec data."""
-    modalities = data.get("modalities")
-    if isinstance(modalities, Mapping):
-        for mod, ms in modalities.items():
-            if isinstance(ms, Mapping):
-                for kind in ("preprocessor", "tokenizer", "encoder"):
-                    yield f"modalities.{mod}.{kind}", kind, ms.get(kind)
-    yield "fusion", "fusion", data.get("fusion")
-    for group, kind in (("heads", "head"), ("objectives", "objective")):
-        refs = data.get(group)
-        if isinstance(refs, Mapping):
-            for name, raw in refs.items():
-                yield f"{group}.{name}", kind, raw
-    yield "data", "dataset", data.get("data")
+
+    def names(key: str) -> list[str]:
+        group = data.get(key)
+        return [n for n in group if isinstance(n, str)] if isinstance(group, Mapping) else []
+
+    modalities = [m for m in names("modalities") if isinstance(data["modalities"][m], Mapping)]
+    for path, kind in component_slots(modalities, names("heads"), names("objectives")):
+        yield path, kind, value_at(data, path)
 
 
 def _unchecked_component_issues(data: Mapping[str, Any], registry: Registry,

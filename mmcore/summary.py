@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from mmcore.contract import Tokens
+from mmcore.spec import MODALITY_SLOTS
 
 if TYPE_CHECKING:
     from mmcore.model import MultimodalModel
@@ -69,18 +70,12 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 def _module_at(model: MultimodalModel, path: str) -> nn.Module | None:
-    """The built module for a spec key path such as ``modalities.image.encoder``; None for
-    preprocessors and data, which hold no parameters."""
-    parts = path.split(".")
-    if parts[0] == "fusion":
-        found: Any = model.fusion
-    elif parts[0] == "modalities":  # modalities.<name>.<tokenizer|encoder|preprocessor>
-        found = dict(getattr(model, parts[2] + "s").items()).get(parts[1])
-    elif parts[0] in ("heads", "objectives"):
-        found = dict(getattr(model, parts[0]).items()).get(parts[1])
-    else:
-        found = None
-    return found if isinstance(found, nn.Module) else None
+    """The one built module at a spec key path (None for preprocessors, data, unknown)."""
+    try:
+        found = model.modules_at(path)
+    except KeyError:
+        return None
+    return found[0] if len(found) == 1 else None
 
 
 def component_summaries(model: MultimodalModel, spec: ModelSpec) -> list[ComponentSummary]:
@@ -183,7 +178,6 @@ FLOPS_CONVENTION = (
     "the forward pass (backward = 2x forward).")
 
 #: Kinds whose cost feeds the next stage, in the order a model runs them.
-MODALITY_KINDS = ("preprocessor", "tokenizer", "encoder")
 
 
 @dataclass
@@ -249,57 +243,61 @@ def _row(path: str, kind: str, ref: Any, cost: Any, note: str) -> ComponentCost:
 
 
 class _CostWalk:
-    """Walks a spec in model order: tokenizer -> encoder -> fusion -> heads -> objectives,
-    handing each cost function the shapes and widths the previous stage reported (heads and
-    objectives also get the per-modality token shapes that entered the fusion)."""
+    """Walks a spec in its stage order (``ModelSpec.components``, as the builder does):
+    tokenizer -> encoder -> fusion -> heads -> objectives, handing each cost function the
+    shapes and widths the previous stage reported (heads and objectives also get the
+    per-modality token shapes that entered the fusion)."""
 
     def __init__(self, spec: ModelSpec, registry: Registry) -> None:
         self.spec, self.registry = spec, registry
         self.rows: list[ComponentCost] = []
         self.shapes: dict[str, Any] = {}
         self.fusion: Any = None
+        self.heads: dict[str, int] = {}
+
+    def visit(self, path: str, kind: str, ref: Any) -> None:
+        if kind in MODALITY_SLOTS:
+            self._modality_part(path, kind, ref)
+        elif kind == "fusion":
+            self._fusion(ref)
+        elif kind in ("head", "objective"):
+            self._top(path, kind, ref)
 
     def _add(self, path: str, kind: str, ref: Any, ctx: Any, missing: str = "") -> Any:
         cost, note = (None, missing) if missing else _entry_cost(self.registry, kind, ref, ctx)
         self.rows.append(_row(path, kind, ref, cost, note))
         return cost
 
-    def modality(self, name: str) -> None:
+    def _modality_part(self, path: str, kind: str, ref: Any) -> None:
         from mmcore.cost import CostContext
 
-        shape, ms = None, self.spec.modalities[name]
-        for kind in MODALITY_KINDS:
-            ref = getattr(ms, kind)
-            if ref is None:
-                continue
-            missing = "the tokenizer's output shape is unknown" if (
-                kind == "encoder" and shape is None) else ""
-            cost = self._add(f"modalities.{name}.{kind}", kind, ref,
-                             CostContext(in_shape=shape), missing)
-            if kind != "preprocessor":
-                shape = cost.out if cost is not None else None
-        self.shapes[name] = shape
+        name = path.split(".")[1]
+        shape = self.shapes.setdefault(name, None)
+        missing = "the tokenizer's output shape is unknown" if (
+            kind == "encoder" and shape is None) else ""
+        cost = self._add(path, kind, ref, CostContext(in_shape=shape), missing)
+        if kind != "preprocessor":
+            self.shapes[name] = cost.out if cost is not None else None
 
-    def fusion_and_tops(self) -> None:
+    def _fusion(self, ref: Any) -> None:
         from mmcore.cost import CostContext
 
         unknown = sorted(m for m, s in self.shapes.items() if s is None)
         missing = f"token shapes of {', '.join(unknown)} are unknown" if unknown else ""
-        self.fusion = self._add("fusion", "fusion", self.spec.fusion,
+        self.fusion = self._add("fusion", "fusion", ref,
                                 CostContext(shapes=dict(sorted(self.shapes.items()))), missing)
+
+    def _top(self, path: str, kind: str, ref: Any) -> None:
+        from mmcore.cost import CostContext
+
         widths = dict(self.fusion.embeddings) if self.fusion is not None else None
         known = {m: s for m, s in sorted(self.shapes.items()) if s is not None}
-        heads: dict[str, int] = {}
-        for name, ref in self.spec.heads.items():
-            cost = self._add(f"heads.{name}", "head", ref,
-                             CostContext(shapes=known, embedding_widths=widths or {}),
-                             "" if widths is not None else "the fusion's widths are unknown")
-            if cost is not None and cost.out is not None:
-                heads[name] = cost.out.width
-        for name, oref in self.spec.objectives.items():
-            self._add(f"objectives.{name}", "objective", oref,
-                      CostContext(shapes=known, embedding_widths=widths or {}, heads=heads),
-                      "" if widths is not None else "the fusion's widths are unknown")
+        ctx = CostContext(shapes=known, embedding_widths=widths or {},
+                          heads=dict(self.heads) if kind == "objective" else {})
+        cost = self._add(path, kind, ref, ctx,
+                         "" if widths is not None else "the fusion's widths are unknown")
+        if kind == "head" and cost is not None and cost.out is not None:
+            self.heads[path.split(".", 1)[1]] = cost.out.width
 
 
 def analyse(spec: ModelSpec, registry: Registry | None = None, *, batch_size: int = 1,
@@ -312,9 +310,8 @@ def analyse(spec: ModelSpec, registry: Registry | None = None, *, batch_size: in
     from mmcore.plugins import get_registry
 
     walk = _CostWalk(spec, registry or get_registry())
-    for name in spec.modalities:
-        walk.modality(name)
-    walk.fusion_and_tops()
+    for path, kind, ref in spec.components():
+        walk.visit(path, kind, ref)
     rows = walk.rows
     for row in rows:
         row.built_parameters = (built or {}).get(row.path)
