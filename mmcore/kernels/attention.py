@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _allowed(nq: int, key_padding_mask: Tensor | None, causal: bool,
+def allowed_pairs(nq: int, key_padding_mask: Tensor | None, causal: bool,
              device: torch.device) -> Tensor | None:
     """Boolean (B or 1, 1, Nq, Nk) mask of allowed query-key pairs, or None."""
     allowed: Tensor | None = None
@@ -30,7 +30,7 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tenso
     scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * q.shape[-1] ** -0.5
     if causal and key_padding_mask is None:
         key_padding_mask = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device)
-    allowed = _allowed(q.shape[2], key_padding_mask, causal, q.device)
+    allowed = allowed_pairs(q.shape[2], key_padding_mask, causal, q.device)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query with no keys gets zeros
@@ -49,7 +49,7 @@ def _sdpa_masked(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | Non
                  causal: bool) -> Tensor:
     if key_padding_mask is None:
         key_padding_mask = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device)
-    allowed = _allowed(q.shape[2], key_padding_mask, causal, q.device)
+    allowed = allowed_pairs(q.shape[2], key_padding_mask, causal, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     # rows with no allowed key come back as NaN; make them zeros like the reference
     return out.nan_to_num(0.0)

@@ -25,44 +25,30 @@ a->b term alone of (b_local, a_all) as open_clip's ``local_loss`` does.
 ``chunked_contrastive_loss`` streams over ``block x block`` tiles (forward: online
 log-sum-exp per row and per column; backward: recompute the tiles), so its extra memory is
 O((M + N) * D + block^2) instead of O(M * N). The Triton version lives in
-:mod:`mmcore.kernels.triton_contrastive` and is imported only when called.
+:mod:`mmcore.kernels.triton_contrastive`; :mod:`mmcore.kernels.catalogue` imports it only
+when called. Checks and helpers shared with it live in :mod:`mmcore.kernels.contrastive_common`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ContrastiveKind = Literal["softmax", "sigmoid"]
+from mmcore.kernels.contrastive_common import (
+    ContrastiveKind,
+    as_scalar,
+    blocks,
+    check_contrastive_inputs,
+    compute_dtype,
+    positive_dots,
+)
+
+__all__ = ["ContrastiveKind", "chunked_contrastive_loss", "contrastive_accuracy",
+           "reference_contrastive_loss"]
 DEFAULT_BLOCK = 2048  # tile side of the chunked loss: 16 MiB of float32 logits per tile
-
-
-def _check(a: Tensor, b: Tensor, kind: str, logit_bias: Tensor | None, row_offset: int) -> None:
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"need a: (M, D) and b: (N, D), got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.shape[0] == 0:
-        raise ValueError("a contrastive loss needs at least one row")
-    if not 0 <= row_offset <= b.shape[0] - a.shape[0]:
-        raise ValueError(f"row_offset {row_offset} puts the positives of {a.shape[0]} rows "
-                         f"outside the {b.shape[0]} columns")
-    if kind not in ("softmax", "sigmoid"):
-        raise ValueError(f"kind must be 'softmax' or 'sigmoid', got {kind!r}")
-    if kind == "softmax" and logit_bias is not None:
-        raise ValueError("logit_bias cancels out of the softmax loss; use it with kind='sigmoid'")
-
-
-def _compute_dtype(a: Tensor) -> torch.dtype:
-    return torch.promote_types(a.dtype, torch.float32)
-
-
-def _as_scalar(value: Tensor | float, like: Tensor) -> Tensor:
-    """A 0-dim tensor on ``like``'s device (kept in the autograd graph if it is a tensor)."""
-    if isinstance(value, Tensor):
-        return value.reshape(())
-    return torch.tensor(float(value), device=like.device)
 
 
 def reference_contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float, *,
@@ -70,10 +56,10 @@ def reference_contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float
                                logit_bias: Tensor | float | None = None,
                                row_offset: int = 0) -> Tensor:
     """The definition, materialising the (M, N) logits in float32 at least. Always present."""
-    bias = None if logit_bias is None else _as_scalar(logit_bias, a)
-    _check(a, b, kind, bias, row_offset)
-    compute = _compute_dtype(a)
-    logits = _as_scalar(logit_scale, a) * (a.to(compute) @ b.to(compute).t())  # (M, N)
+    bias = None if logit_bias is None else as_scalar(logit_bias, a)
+    check_contrastive_inputs(a, b, kind, bias, row_offset)
+    compute = compute_dtype(a)
+    logits = as_scalar(logit_scale, a) * (a.to(compute) @ b.to(compute).t())  # (M, N)
     rows = torch.arange(a.shape[0], device=a.device)
     target = rows + row_offset
     if kind == "softmax":
@@ -85,10 +71,6 @@ def reference_contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float
     signs = -torch.ones_like(logits)
     signs[rows, target] = 1.0
     return -F.logsigmoid(signs * logits).sum() / a.shape[0]
-
-
-def _blocks(n: int, block: int) -> list[tuple[int, int]]:
-    return [(start, min(start + block, n)) for start in range(0, n, block)]
 
 
 def _overlap(lo: int, hi: int, start: int, stop: int) -> bool:
@@ -104,9 +86,9 @@ def _softmax_stats(a: Tensor, b: Tensor, scale: Tensor, row_offset: int,
     compute, (m, n) = scale.dtype, (a.shape[0], b.shape[0])
     row_lse = torch.full((m,), float("-inf"), dtype=compute, device=a.device)
     col_lse = torch.full((n,), float("-inf"), dtype=compute, device=a.device)
-    for r0, r1 in _blocks(m, block):
+    for r0, r1 in blocks(m, block):
         a_blk = a[r0:r1].to(compute)
-        for c0, c1 in _blocks(n, block):
+        for c0, c1 in blocks(n, block):
             tile = (a_blk @ b[c0:c1].to(compute).t()).mul_(scale)  # (Br, Bc)
             row_lse[r0:r1] = torch.logaddexp(row_lse[r0:r1], tile.logsumexp(1))
             if _overlap(row_offset, row_offset + m, c0, c1):
@@ -120,20 +102,12 @@ def _sigmoid_partition(a: Tensor, b: Tensor, scale: Tensor, bias: Tensor,
                        block: int) -> Tensor:
     """sum_{i, j} softplus(L[i, j]) over all pairs, streamed over tiles. Scalar."""
     total = torch.zeros((), dtype=scale.dtype, device=a.device)
-    for r0, r1 in _blocks(a.shape[0], block):
+    for r0, r1 in blocks(a.shape[0], block):
         a_blk = a[r0:r1].to(scale.dtype)
-        for c0, c1 in _blocks(b.shape[0], block):
+        for c0, c1 in blocks(b.shape[0], block):
             tile = (a_blk @ b[c0:c1].to(scale.dtype).t()).mul_(scale).add_(bias)
             total += F.softplus(tile).sum()
     return total
-
-
-def _positive_dots(a: Tensor, b: Tensor, row_offset: int, compute: torch.dtype,
-                   block: int) -> Tensor:
-    """a_i . b_{row_offset + i} for every row: (M,), computed a block of rows at a time."""
-    parts = [(a[r0:r1].to(compute) * b[row_offset + r0:row_offset + r1].to(compute)).sum(1)
-             for r0, r1 in _blocks(a.shape[0], block)]
-    return torch.cat(parts)
 
 
 class _ChunkedContrastive(torch.autograd.Function):
@@ -142,12 +116,12 @@ class _ChunkedContrastive(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, scale: Tensor, bias: Tensor | None,
                 kind: str, row_offset: int, block: int) -> Tensor:
-        compute = _compute_dtype(a)
+        compute = compute_dtype(a)
         s = scale.detach().to(compute)
         t = torch.zeros((), dtype=compute, device=a.device) if bias is None else \
             bias.detach().to(compute)
         m = a.shape[0]
-        positives = s * _positive_dots(a, b, row_offset, compute, block) + t  # (M,)
+        positives = s * positive_dots(a, b, row_offset, compute, block) + t  # (M,)
         row_lse = col_lse = positives.new_empty(0)  # only the softmax kind needs them
         if kind == "softmax":
             row_lse, col_lse = _softmax_stats(a, b, s, row_offset, block)
@@ -194,10 +168,10 @@ def _chunked_backward(a: Tensor, b: Tensor, s: Tensor, t: Tensor, row_lse: Tenso
     db = torch.zeros(n, b.shape[1], dtype=compute, device=a.device)  # before the factor s
     ds = torch.zeros((), dtype=compute, device=a.device)
     dt = -grad  # the positive pairs' part of sum_ij dLoss/dL (sigmoid only)
-    for r0, r1 in _blocks(m, block):
+    for r0, r1 in blocks(m, block):
         a_blk = a[r0:r1].to(compute)
         acc = torch.zeros_like(a_blk)  # dLoss/da_blk before the factor s
-        for c0, c1 in _blocks(n, block):
+        for c0, c1 in blocks(n, block):
             b_blk = b[c0:c1].to(compute)
             tile = (a_blk @ b_blk.t()).mul_(s)
             used = _overlap(row_offset, row_offset + m, c0, c1) and kind == "softmax"
@@ -223,23 +197,13 @@ def chunked_contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float, 
     """The loss in pure PyTorch, ``block_size x block_size`` tiles at a time. Scalar.
 
     a: (M, D), b: (N, D) L2-normalised; extra memory O((M + N) * D + block_size^2)."""
-    bias = None if logit_bias is None else _as_scalar(logit_bias, a)
-    _check(a, b, kind, bias, row_offset)
+    bias = None if logit_bias is None else as_scalar(logit_bias, a)
+    check_contrastive_inputs(a, b, kind, bias, row_offset)
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    loss: Tensor = _ChunkedContrastive.apply(a, b, _as_scalar(logit_scale, a), bias, kind,
+    loss: Tensor = _ChunkedContrastive.apply(a, b, as_scalar(logit_scale, a), bias, kind,
                                              row_offset, block_size)
     return loss
-
-
-def triton_contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float, *,
-                            kind: ContrastiveKind = "softmax",
-                            logit_bias: Tensor | float | None = None,
-                            row_offset: int = 0) -> Tensor:
-    """Triton kernels (CUDA); imports triton on first call. Same contract as the others."""
-    from mmcore.kernels.triton_contrastive import triton_contrastive_loss as impl
-
-    return impl(a, b, logit_scale, kind=kind, logit_bias=logit_bias, row_offset=row_offset)
 
 
 @torch.no_grad()
@@ -248,11 +212,11 @@ def contrastive_accuracy(a: Tensor, b: Tensor, *, row_offset: int = 0,
     """Top-1 accuracy of a -> b (row i is right when its best column is row_offset + i),
     from a running per-row argmax over column tiles: no (M, N) matrix. Scalar float."""
     m, n = a.shape[0], b.shape[0]
-    best = torch.full((m,), float("-inf"), dtype=_compute_dtype(a), device=a.device)
+    best = torch.full((m,), float("-inf"), dtype=compute_dtype(a), device=a.device)
     arg = torch.zeros(m, dtype=torch.long, device=a.device)
-    for r0, r1 in _blocks(m, block_size):
+    for r0, r1 in blocks(m, block_size):
         a_blk = a[r0:r1].to(best.dtype)
-        for c0, c1 in _blocks(n, block_size):
+        for c0, c1 in blocks(n, block_size):
             value, index = (a_blk @ b[c0:c1].to(best.dtype).t()).max(dim=1)
             better = value > best[r0:r1]  # strict: ties keep the first column, like argmax
             best[r0:r1] = torch.where(better, value, best[r0:r1])

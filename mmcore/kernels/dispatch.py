@@ -1,4 +1,8 @@
-"""Choose one implementation per op from the hardware present, once, and explain why."""
+"""Choose one implementation per op from the hardware present, once, and explain why.
+
+Only the selection machinery lives here; the candidates themselves are registered by
+:mod:`mmcore.kernels.catalogue` (imported by the package, so they are present whenever
+``mmcore.kernels`` is)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from typing import Any
 import torch
 
 from mmcore.errors import MMCoreError
-from mmcore.kernels.attention import reference_attention, sdpa_attention
 
 log = logging.getLogger(__name__)
 ENV_PREFIX = "MMCORE_KERNEL_"  # e.g. MMCORE_KERNEL_ATTENTION=reference
@@ -82,14 +85,6 @@ def register_candidate(cand: Candidate) -> None:
     """Add an implementation of an op; the name ``reference`` is the always-present one."""
     _CANDIDATES.setdefault(cand.op, {})[cand.name] = cand
 
-
-# "attention": self-attention (Nq == Nk). "cross_attention": queries over another sequence,
-# typically few queries over very many keys (Perceiver latents, resamplers, gated x-attn).
-for _op in ("attention", "cross_attention"):
-    register_candidate(Candidate(_op, "reference", reference_attention, priority=0,
-                                 note="pure PyTorch, float32 math; always present"))
-    register_candidate(Candidate(_op, "sdpa", sdpa_attention, priority=10,
-                                 note="torch.nn.functional.scaled_dot_product_attention"))
 
 _OPTIONAL_PACKAGES = ("triton", "xformers")
 
@@ -190,76 +185,3 @@ def explain(hardware: Hardware | None = None,
             reason = why or (cand.note if status == "chosen" else f"lower priority; {cand.note}")
             rows.append({"op": op, "candidate": cand.name, "status": status, "reason": reason})
     return rows
-
-
-# ---- GPU attention candidates: Triton flash attention and xformers ---------------------
-# Kernels live in mmcore.kernels.triton_attention / xformers_attention and are imported on
-# first call, so importing mmcore never needs triton or xformers (and TRITON_INTERPRET,
-# read when triton kernels are defined, can still be set by tests before that).
-
-
-def _triton_attention(q: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    """Triton flash attention, one program per query block (lazy import)."""
-    from mmcore.kernels.triton_attention import triton_attention
-
-    return triton_attention(q, *args, **kwargs)
-
-
-def _triton_cross_attention(q: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    """Triton flash attention with the keys split over programs (lazy import)."""
-    from mmcore.kernels.triton_attention import triton_cross_attention
-
-    return triton_cross_attention(q, *args, **kwargs)
-
-
-def _xformers_attention(q: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    """xformers memory_efficient_attention (lazy import)."""
-    from mmcore.kernels.xformers_attention import xformers_attention
-
-    return xformers_attention(q, *args, **kwargs)
-
-
-_GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-for _op, _tri_fn, _tri_prio, _xf_prio, _tri_note, _xf_note in (
-    ("attention", _triton_attention, 5, 8,
-     "Triton flash attention (masks fused, no score matrix); below sdpa, whose flash "
-     "backend is tuned per GPU, until timed on hardware",
-     "xformers memory-efficient attention; between sdpa and triton"),
-    ("cross_attention", _triton_cross_attention, 20, 15,
-     "Triton split-K flash attention: few queries over many keys fill every SM, and "
-     "padding masks stay fused (sdpa drops to a slower backend with a mask)",
-     "xformers memory-efficient attention; below triton's split-K for few queries"),
-):
-    register_candidate(Candidate(_op, "triton", _tri_fn, devices=("cuda",),
-                                 min_capability=(8, 0), packages=("triton",),
-                                 priority=_tri_prio, note=_tri_note, dtypes=_GPU_DTYPES,
-                                 head_dims=(32, 128)))
-    register_candidate(Candidate(_op, "xformers", _xformers_attention, devices=("cuda",),
-                                 min_capability=(7, 0), packages=("xformers",),
-                                 priority=_xf_prio, note=_xf_note, dtypes=_GPU_DTYPES,
-                                 head_dims=(16, 128)))
-# ---- end GPU attention candidates --------------------------------------------------------
-
-
-# --- contrastive_loss: CLIP softmax / SigLIP sigmoid loss over L2-normalised (B, D) pairs ---
-# fn(a, b, logit_scale, *, kind="softmax" | "sigmoid", logit_bias=None, row_offset=0) -> scalar;
-# see mmcore.kernels.contrastive. The triton module is imported only when its kernel is called.
-from mmcore.kernels.contrastive import (  # noqa: E402
-    chunked_contrastive_loss,
-    reference_contrastive_loss,
-    triton_contrastive_loss,
-)
-
-register_candidate(Candidate(
-    "contrastive_loss", "reference", reference_contrastive_loss, priority=0,
-    note="pure PyTorch, materialises the B x B logits (and their gradient); always present"))
-register_candidate(Candidate(
-    "contrastive_loss", "chunked", chunked_contrastive_loss, priority=10,
-    note="pure PyTorch autograd.Function over 2048 x 2048 tiles, online log-sum-exp; "
-         "O(B*D + tile^2) memory, any device"))
-register_candidate(Candidate(
-    "contrastive_loss", "triton", triton_contrastive_loss, devices=("cuda",),
-    min_capability=(8, 0), packages=("triton",), priority=20,
-    note="Triton forward (row/column online log-sum-exp) and backward (recomputed tiles); "
-         "fp16/bf16/fp32, never materialises B x B; float64 goes to the chunked loss"))
-# --- end contrastive_loss ------------------------------------------------------------------

@@ -20,7 +20,7 @@ writes a normalised partial output and its log-sum-exp, and a small kernel combi
 kernel is split the same way (partial sums of dq are added).
 
 Triton is an optional GPU extra: mmcore imports this module only when a Triton kernel is
-first called (see the registration block in :mod:`mmcore.kernels.dispatch`). With
+first called (see its entry in :mod:`mmcore.kernels.catalogue`). With
 ``TRITON_INTERPRET=1`` set before triton is imported, the kernels run on CPU tensors
 (slowly); that is how they are tested.
 """

@@ -21,12 +21,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mmcore.kernels.contrastive import (
+from mmcore.kernels.contrastive import chunked_contrastive_loss
+from mmcore.kernels.contrastive_common import (
     ContrastiveKind,
-    _as_scalar,
-    _check,
-    _positive_dots,
-    chunked_contrastive_loss,
+    as_scalar,
+    check_contrastive_inputs,
+    positive_dots,
 )
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -187,7 +187,7 @@ class _TritonContrastive(torch.autograd.Function):
         m = a.shape[0]
         s = scale.detach().float().reshape(1)
         t = torch.zeros(1, device=a.device) if bias is None else bias.detach().float().reshape(1)
-        positives = s * _positive_dots(a, b, row_offset, torch.float32, 4096) + t  # (M,)
+        positives = s * positive_dots(a, b, row_offset, torch.float32, 4096) + t  # (M,)
         sigmoid = kind == "sigmoid"
         row_stats = _row_stats(a, b, s, t, sigmoid)  # (M,)
         if sigmoid:
@@ -243,8 +243,8 @@ def triton_contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float, *
     if not _runs_here(a, b):
         return chunked_contrastive_loss(a, b, logit_scale, kind=kind, logit_bias=logit_bias,
                                         row_offset=row_offset)
-    bias = None if logit_bias is None else _as_scalar(logit_bias, a)
-    _check(a, b, kind, bias, row_offset)
+    bias = None if logit_bias is None else as_scalar(logit_bias, a)
+    check_contrastive_inputs(a, b, kind, bias, row_offset)
     loss: Tensor = _TritonContrastive.apply(a.contiguous(), b.contiguous(),
-                                            _as_scalar(logit_scale, a), bias, kind, row_offset)
+                                            as_scalar(logit_scale, a), bias, kind, row_offset)
     return loss

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmcore.kernels.attention import _allowed
+from mmcore.kernels.attention import allowed_pairs
 
 #: xformers' CUTLASS kernels want the bias rows 16-byte aligned; pad the key dim to this.
 _BIAS_ALIGN = 16
@@ -39,7 +39,7 @@ def _bias_and_keep(q: Tensor, k: Tensor, key_padding_mask: Tensor | None,
         return _xops().LowerTriangularMask(), None
     if key_padding_mask is None:
         key_padding_mask = torch.ones(b, nk, dtype=torch.bool, device=q.device)
-    allowed = _allowed(nq, key_padding_mask, causal, q.device)  # (B, 1, Nq or 1, Nk)
+    allowed = allowed_pairs(nq, key_padding_mask, causal, q.device)  # (B, 1, Nq or 1, Nk)
     assert allowed is not None
     allowed = allowed.expand(b, 1, nq, nk)
     padded = -(-nk // _BIAS_ALIGN) * _BIAS_ALIGN
