@@ -114,35 +114,8 @@ def resolve_strategy(requested: str, world: int) -> Strategy:
 # --- frozen parts and activation checkpointing -----------------------------------------
 
 
-def component_paths(spec: Any) -> list[str]:
-    """Every path ``train.freeze`` accepts for ``spec`` (``ModelSpec.module_paths``)."""
-    paths: list[str] = spec.module_paths()
-    return paths
-
-
-def option_problems(spec: Any) -> list[str]:
-    """What is wrong with ``train.freeze`` and ``train.activation_checkpointing`` for
-    ``spec`` (checked before anything is built)."""
-    from mmcore.errors import suggest
-
-    problems = []
-    known = component_paths(spec)
-    for path in spec.train.freeze:
-        if path not in known:
-            hint = suggest(path, known) or f" Paths: {', '.join(known)}"
-            problems.append(f"train.freeze: unknown component {path!r}.{hint}")
-    checkpointed = spec.train.activation_checkpointing
-    if isinstance(checkpointed, list):
-        encoded = [m for m, ms in spec.modalities.items() if ms.encoder is not None]
-        for name in checkpointed:
-            if name not in encoded:
-                problems.append(f"train.activation_checkpointing: {name!r} is not a modality "
-                                f"with an encoder; those are {encoded}")
-    return problems
-
-
 def freeze(model: Any, paths: Sequence[str]) -> list[str]:
-    """Stop training the parts at ``paths`` (see :func:`component_paths`); returns the frozen
+    """Stop training the parts at ``paths`` (``ModelSpec.module_paths``); returns the frozen
     parameter names. Frozen parameters stay out of the optimizer, so they never change."""
     frozen: set[int] = set()
     for path in paths:

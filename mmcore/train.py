@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mmcore import validation
 from mmcore.checkpoint import atomic_write, load_state, read_tensors, save, save_tensors
 from mmcore.data import (
     Collator,
@@ -64,7 +65,6 @@ from mmcore.parallel import (
     checkpoint_encoders,
     freeze,
     init_distributed,
-    option_problems,
     resolve_strategy,
     restart_count,
     shutdown_distributed,
@@ -270,9 +270,7 @@ def train(spec: ModelSpec, out_dir: str | Path, *, resume: bool = False,
     Under torchrun every rank calls this; it joins the process group (gloo on CPU, NCCL on
     CUDA) unless the caller already did. A worker group torchrun restarted resumes.
     """
-    problems = option_problems(spec)
-    if problems:
-        raise TrainingError("; ".join(problems))
+    validation.check(spec)
     if restart_count() > 0:  # torchrun --max-restarts brought us back after a failure
         resume, overwrite = True, False
     device, joined = init_distributed(device)
