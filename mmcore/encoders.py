@@ -1,5 +1,6 @@
 """A generic transformer encoder (Tokens -> Tokens) that modality plugins register under
-their own names with their own defaults (vit, audio-transformer, space-time-joint, ...)."""
+their own names with their own defaults (vit, audio-transformer, space-time-joint,
+text-transformer, ...)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,22 @@ class TransformerEncoderConfig(ComponentConfig):
     norm_eps: float = Field(1e-5, gt=0)
     pre_norm: bool = False
     final_norm: bool = True
+    #: each token sees itself and earlier ones (padding must follow the real tokens)
+    causal: bool = False
 
 
 class TransformerEncoder(Encoder):
-    """(B, N, D) -> (B, N, D): full (non-causal) attention over the real tokens."""
+    """(B, N, D) -> (B, N, D).
+
+    Non-causal: full attention; the key-padding mask keeps padding out of every real token.
+    Causal: each token sees itself and earlier ones. Padding sits after the real tokens (the
+    contract's layout), so it never reaches them and the key-padding mask is not needed
+    (the kernels' fast path).
+    """
 
     def __init__(self, cfg: TransformerEncoderConfig, width: int, kernels: KernelSet) -> None:
         super().__init__()
+        self.causal = cfg.causal
         self.out_width = width
         self.stack = TransformerStack(width=width, layers=cfg.layers, heads=cfg.heads,
                                       kernels=kernels, mlp_ratio=cfg.mlp_ratio, act=cfg.act,
@@ -39,7 +49,8 @@ class TransformerEncoder(Encoder):
                                       final_norm=cfg.final_norm)
 
     def forward(self, tokens: Tokens) -> Tokens:
-        return Tokens(self.stack(tokens.x, mask=tokens.mask), tokens.mask)
+        mask = None if self.causal else tokens.mask  # (B, N) or None
+        return Tokens(self.stack(tokens.x, mask=mask, causal=self.causal), tokens.mask)
 
 
 def build_transformer_encoder(cfg: TransformerEncoderConfig,
@@ -48,7 +59,9 @@ def build_transformer_encoder(cfg: TransformerEncoderConfig,
 
 
 def transformer_encoder_cost(cfg: TransformerEncoderConfig, ctx: CostContext) -> Cost:
-    """``layers`` pre-norm blocks over the input tokens, with the optional input/final norms."""
+    """``layers`` pre-norm blocks over the input tokens, with the optional input/final norms.
+    A causal mask still computes every score (the kernels mask them), so the FLOPs are
+    those of full attention."""
     if ctx.in_shape is None:
         raise ValueError("a transformer encoder's cost needs the shape of its input tokens")
     width = cfg.width or ctx.in_shape.width
