@@ -6,7 +6,7 @@ A dataset is map-style: ``len(ds)`` and ``ds[i] -> {"image": PIL.Image, "text": 
 plain preprocessor objects (picklable), never the model.
 
 Training also takes a streaming dataset: a torch ``IterableDataset`` (such as
-:class:`mmcore.shards.ShardDataset`) with ``set_epoch(epoch)``, no ``len`` and no sampler;
+the ``webdataset`` dataset) with ``set_epoch(epoch)``, no ``len`` and no sampler;
 it splits itself across ranks and workers.
 """
 

@@ -9,7 +9,8 @@ A plugin module implements any of these with ``@mmcore.hookimpl``::
 
 ``register(name, factory, *, config, summary="", tiny=None, example=None, cost=None)``: ``factory``
 is called as ``factory(params, ctx)`` with the validated ``config`` instance and a
-:class:`mmcore.builder.BuildContext`. Presets register ``register(name, path_or_dict)``.
+:class:`mmcore.builder.BuildContext`. Presets register ``register(name, path_or_dict)``;
+commands ``register(name, add_arguments, run, summary=...)``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,17 @@ def register_converters(register: Register) -> None:
     :class:`mmcore.convert.Converter` (detect, to_mmcore, optionally from_mmcore)."""
 
 
-#: hook name -> registry kind it fills.
+@hookspec
+def register_commands(register: Register) -> None:
+    """Register CLI verbs: ``register(name, add_arguments, run, *, summary="")``.
+
+    ``add_arguments(parser)`` adds the verb's options to its ``argparse`` parser;
+    ``run(args)`` runs it and returns the exit code. ``mmcore --help`` lists the verb under
+    the plugin; a name that a core command or another plugin already uses is skipped with
+    a warning. Helpers for output and errors: :mod:`mmcore.commands`."""
+
+
+#: hook name -> registry kind it fills; the registry's kinds are derived from it.
 HOOK_KINDS: dict[str, str] = {
     "register_preprocessors": "preprocessor",
     "register_tokenizers": "tokenizer",
@@ -82,6 +93,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_datasets": "dataset",
     "register_presets": "preset",
     "register_converters": "converter",
+    "register_commands": "command",
 }
 
 

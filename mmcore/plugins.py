@@ -19,6 +19,8 @@ import pluggy
 import yaml
 
 from mmcore import hookspecs
+from mmcore._version import __version__
+from mmcore.commands import Command
 from mmcore.errors import RegistryError
 from mmcore.registry import Entry, NoConfig, Registry, source_location
 
@@ -62,7 +64,8 @@ class _Candidate:
 
 
 def manifest_path() -> Path:
-    """``registry.yaml``: inside the installed package, else at the source-tree root."""
+    """``registry.yaml``: inside the installed package (the wheel copies it there), else at
+    the source-tree root, its one source of truth."""
     here = Path(__file__).resolve().parent
     for path in (here / "registry.yaml", here.parent / "registry.yaml"):
         if path.is_file():
@@ -71,21 +74,20 @@ def manifest_path() -> Path:
 
 
 def read_manifest() -> dict[str, Any]:
-    with manifest_path().open(encoding="utf-8") as fh:
+    """The manifest: ``{"plugins": [first-party plugin module names]}``."""
+    path = manifest_path()
+    with path.open(encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
-    return {"plugins": list(data.get("plugins", [])), "presets": dict(data.get("presets", {}))}
-
-
-def _mmcore_version() -> str:
-    from mmcore import __version__
-
-    return __version__
+    if not isinstance(data, dict) or set(data) - {"plugins"}:
+        raise RegistryError(f"{path}: the manifest holds one key, 'plugins'; presets are "
+                            "registered by their plugins through register_presets")
+    return {"plugins": list(data.get("plugins") or [])}
 
 
 def _builtin_candidates(names: list[str]) -> Iterator[_Candidate]:
     for name in names:
         load = lambda n=name: importlib.import_module(n)  # noqa: E731
-        yield _Candidate(name, load, _mmcore_version(), "builtin")
+        yield _Candidate(name, load, __version__, "builtin")
 
 
 def _entry_point_candidates() -> Iterator[_Candidate]:
@@ -100,101 +102,141 @@ def _env_patterns(var: str) -> list[str]:
 
 def is_allowed(name: str) -> bool:
     """Whether the allow/block environment variables let plugin ``name`` load."""
+    return block_reason(name) is None
+
+
+def block_reason(name: str) -> str | None:
+    """Why the allow/block environment variables keep plugin ``name`` out, or None."""
     allow, block = _env_patterns(ALLOW_ENV), _env_patterns(BLOCK_ENV)
     if any(fnmatch.fnmatch(name, p) for p in block):
-        return False
-    return not allow or any(fnmatch.fnmatch(name, p) for p in allow)
+        return f"{BLOCK_ENV} blocks it"
+    if allow and not any(fnmatch.fnmatch(name, p) for p in allow):
+        return f"{ALLOW_ENV} does not list it"
+    return None
 
 
 class _Collector:
-    """The ``register`` callbacks handed to one plugin; entries are kept until all succeed."""
+    """The ``register`` callbacks handed to one plugin; entries are kept until all succeed.
+
+    A name the plugin registers twice in one kind raises, so the plugin fails as a whole."""
 
     def __init__(self, plugin: str, version: str) -> None:
         self.plugin, self.version = plugin, version
         self.entries: list[Entry] = []
+        self._seen: dict[tuple[str, str], Entry] = {}
 
     def for_kind(self, kind: str) -> Callable[..., None]:
         if kind == "preset":
             return self._register_preset
+        if kind == "command":
+            return self._register_command
 
         def register(name: str, factory: Callable[..., Any], *, config: type = NoConfig,
                      summary: str = "", tiny: dict[str, Any] | None = None,
                      example: Callable[..., Any] | None = None,
                      cost: Callable[..., Any] | None = None) -> None:
             doc = summary or (factory.__doc__ or "").strip().split("\n")[0]
-            self.entries.append(Entry(kind, name, factory, config, self.plugin, self.version,
-                                      source_location(factory), doc, tiny, example, cost))
+            self._add(Entry(kind, name, factory, config, self.plugin, self.version,
+                            source_location(factory), doc, tiny, example, cost))
 
         return register
+
+    def _add(self, entry: Entry) -> None:
+        earlier = self._seen.get((entry.kind, entry.name))
+        if earlier is not None:
+            raise RegistryError(f"it registers {entry.kind} {entry.name!r} twice "
+                                f"({earlier.location} and {entry.location})")
+        self._seen[(entry.kind, entry.name)] = entry
+        self.entries.append(entry)
 
     def _register_preset(self, name: str, spec: str | Path | dict[str, Any], *,
                          summary: str = "") -> None:
         location = str(spec) if not isinstance(spec, dict) else f"<{self.plugin}>"
-        self.entries.append(Entry("preset", name, lambda: spec, NoConfig, self.plugin,
-                                  self.version, location, summary))
+        self._add(Entry("preset", name, lambda: spec, NoConfig, self.plugin,
+                        self.version, location, summary))
+
+    def _register_command(self, name: str, add_arguments: Callable[..., None],
+                          run: Callable[..., int], *, summary: str = "") -> None:
+        command = Command(name, add_arguments, run, summary, self.plugin)
+        self._add(Entry("command", name, lambda: command, NoConfig, self.plugin,
+                        self.version, source_location(run), command.summary))
 
 
-def _preset_path(ref: str) -> Path:
-    """``package/relative/path.yaml`` -> the file inside that installed package."""
-    package, _, rel = ref.partition("/")
-    module = importlib.import_module(package)
-    return Path(module.__file__ or "").resolve().parent / rel
+def _plugin_manager(cand: _Candidate) -> pluggy.PluginManager:
+    """A plugin manager holding just this plugin (imported here)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(cand.load(), name=cand.name)
+    pm.check_pending()
+    return pm
 
 
-def _manifest_presets(module_name: str, presets: dict[str, Any]) -> Any:
-    """A hook implementation registering the manifest presets that live in ``module_name``."""
-
-    class ManifestPresets:
-        @hookspecs.hookimpl
-        def register_presets(self, register: Callable[..., None]) -> None:
-            for name, item in presets.items():
-                ref = item["path"] if isinstance(item, dict) else item
-                if ref.split("/", 1)[0] == module_name:
-                    summary = item.get("summary", "") if isinstance(item, dict) else ""
-                    register(name, _preset_path(ref), summary=summary)
-
-    return ManifestPresets()
+def _fail(info: PluginInfo, exc: Exception) -> PluginInfo:
+    info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"mmcore plugin {info.name!r} could not be loaded: {info.error}",
+                  PluginWarning, stacklevel=4)
+    return info
 
 
-def _load_one(cand: _Candidate, registry: Registry, presets: dict[str, Any]) -> PluginInfo:
-    info = PluginInfo(cand.name, cand.version, cand.source)
-    if not is_allowed(cand.name):
-        info.status = "blocked"
-        return info
+def _collect_commands(pm: pluggy.PluginManager, collector: _Collector, info: PluginInfo) -> None:
+    """Call ``register_commands`` on its own: a plugin whose commands fail keeps its
+    components, and the warning names it."""
+    kept = len(collector.entries)
     try:
-        module = cand.load()
-        pm = pluggy.PluginManager(hookspecs.PROJECT)
-        pm.add_hookspecs(hookspecs)
-        pm.register(module, name=cand.name)
-        if cand.source == "builtin":
-            pm.register(_manifest_presets(cand.name, presets), name=f"{cand.name}:manifest")
-        pm.check_pending()
-        collector = _Collector(cand.name, cand.version)
-        for hook_name, kind in hookspecs.HOOK_KINDS.items():
-            getattr(pm.hook, hook_name)(register=collector.for_kind(kind))
-    except Exception as exc:  # a broken plugin must not break the rest
-        info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"mmcore plugin {cand.name!r} could not be loaded: {info.error}",
-                      PluginWarning, stacklevel=3)
-        return info
-    for entry in collector.entries:
-        registry.add(entry)  # a name claimed twice raises, naming both plugins
+        pm.hook.register_commands(register=collector.for_kind("command"))
+    except Exception as exc:  # its commands are left out, nothing else
+        del collector.entries[kept:]
+        info.error = f"commands not registered: {type(exc).__name__}: {exc}"
+        warnings.warn(f"mmcore plugin {info.name!r} could not register its commands: "
+                      f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=4)
+
+
+def _add_entries(registry: Registry, entries: list[Entry], info: PluginInfo) -> None:
+    """Add a plugin's entries. A command name another plugin took is skipped with a
+    warning; any other name claimed twice raises, naming both plugins."""
+    for entry in entries:
+        if entry.kind == "command" and entry.name in registry.names("command"):
+            owner = registry.get("command", entry.name).plugin
+            warnings.warn(f"mmcore plugin {info.name!r}: command {entry.name!r} is already "
+                          f"registered by plugin {owner!r}; {info.name}'s is ignored",
+                          PluginWarning, stacklevel=4)
+            continue
+        registry.add(entry)
         info.registered.append((entry.kind, entry.name))
+
+
+def _load_one(cand: _Candidate, registry: Registry) -> PluginInfo:
+    info = PluginInfo(cand.name, cand.version, cand.source)
+    reason = block_reason(cand.name)
+    if reason is not None:
+        info.status = "blocked"
+        registry.blocked[cand.name] = reason
+        return info
+    collector = _Collector(cand.name, cand.version)
+    try:
+        pm = _plugin_manager(cand)
+        for hook_name, kind in hookspecs.HOOK_KINDS.items():
+            if kind != "command":
+                getattr(pm.hook, hook_name)(register=collector.for_kind(kind))
+    except Exception as exc:  # a broken plugin must not break the rest
+        return _fail(info, exc)
+    _collect_commands(pm, collector, info)
+    _add_entries(registry, collector.entries, info)
     return info
 
 
 def load_plugins() -> tuple[Registry, list[PluginInfo]]:
-    """Load every allowed plugin into a fresh registry. Duplicate names raise RegistryError."""
-    manifest = read_manifest()
+    """Load every allowed plugin into a fresh registry. A name two plugins register raises
+    RegistryError naming both (commands excepted: the later one is skipped with a warning)."""
     registry = Registry()
     infos: list[PluginInfo] = []
-    candidates = [*_builtin_candidates(manifest["plugins"]), *_entry_point_candidates()]
+    candidates = [*_builtin_candidates(read_manifest()["plugins"]), *_entry_point_candidates()]
     seen: set[str] = set()
     for cand in candidates:
         if cand.name in seen:
             raise RegistryError(f"two plugins are both called {cand.name!r}")
         seen.add(cand.name)
-        infos.append(_load_one(cand, registry, manifest["presets"]))
+        infos.append(_load_one(cand, registry))
     return registry, infos
 
 

@@ -12,19 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mmcore.errors import RegistryError, suggest
+from mmcore.hookspecs import HOOK_KINDS
 
-#: The kinds of thing a plugin can register.
-KINDS = (
-    "preprocessor",
-    "tokenizer",
-    "encoder",
-    "fusion",
-    "head",
-    "objective",
-    "dataset",
-    "preset",
-    "converter",
-)
+#: The kinds of thing a plugin can register: one per hook, in the hookspecs' order.
+KINDS: tuple[str, ...] = tuple(HOOK_KINDS.values())
 
 
 class ComponentConfig(BaseModel):
@@ -83,6 +74,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        #: plugin -> why it was not loaded (e.g. blocked by an environment variable)
+        self.blocked: dict[str, str] = {}
 
     def add(self, entry: Entry) -> None:
         if entry.kind not in self._entries:
@@ -118,7 +111,17 @@ class Registry:
             return self._entries[kind][name]
         except KeyError:
             hint = suggest(name, self._entries[kind])
-            raise RegistryError(f"unknown {kind} {name!r}.{hint}") from None
+            raise RegistryError(f"unknown {kind} {name!r}.{hint}{self._blocked_hint()}") from None
+
+    def _blocked_hint(self) -> str:
+        """Which unloaded plugins might provide a missing name (they are never imported)."""
+        if not self.blocked:
+            return ""
+        by_reason: dict[str, builtins.list[str]] = {}
+        for plugin, reason in self.blocked.items():
+            by_reason.setdefault(reason, []).append(repr(plugin))
+        parts = "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items())
+        return f" It may belong to a plugin that was not loaded: {parts}."
 
     def find(self, name: str) -> builtins.list[Entry]:
         """Every entry called ``name``, whatever its kind (owning plugin, version, file:line)."""

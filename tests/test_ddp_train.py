@@ -475,7 +475,7 @@ def test_bitwise_resume_with_accumulation_fp16_checkpointing_and_freeze(
 
 
 def _write_shapes_shards(root: Path, n: int) -> Path:
-    from mmcore.shards import write_shards
+    from mmcore_webdataset.writing import write_shards
 
     src = root / "src"
     src.mkdir()
@@ -497,7 +497,7 @@ def stream_data(shards: Path, **train: Any) -> dict[str, Any]:
 
 def test_streaming_data_epochs_and_resume_at_epoch_boundary(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmcore.shards import ShardDataset
+    from mmcore_webdataset.reading import ShardDataset
 
     spec = spec_of(stream_data(_write_shapes_shards(tmp_path, 24), steps=8, checkpoint_every=6,
                                log_every=2))

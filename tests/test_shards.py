@@ -1,4 +1,4 @@
-"""Tar shards (mmcore.shards, the ``webdataset`` dataset, ``mmcore shards``): written from a
+"""Tar shards (mmcore_webdataset, the ``webdataset`` dataset, ``mmcore shards``): written from a
 folder, read back exactly once across ranks and workers, shuffled per epoch, corrupt data
 skipped and counted."""
 
@@ -26,14 +26,14 @@ from mmcore.cli import main
 from mmcore.data import Collator
 from mmcore.kernels import KernelSet
 from mmcore.plugins import get_registry
-from mmcore.shards import (
+from mmcore_webdataset.reading import (
     ShardDataset,
     expand_braces,
     plan_shards,
     shard_list,
     shuffle_buffered,
-    write_shards,
 )
+from mmcore_webdataset.writing import write_shards
 
 N_SAMPLES, SHARD_SIZE = 24, 3
 MODALITIES = {"image": ["jpg", "png"], "text": ["txt"]}
@@ -239,7 +239,7 @@ def test_corrupt_and_incomplete_samples_are_skipped_and_counted(
     write_shards(src, tmp_path / "out", shard_size=4, captions=tmp_path / "captions.csv")
     dataset = _dataset(tmp_path / "out", modalities={**MODALITIES, "meta": ["json"]},
                        required=["image", "text"], shuffle_shards=False)
-    with caplog.at_level(logging.INFO, logger="mmcore.shards"):
+    with caplog.at_level(logging.INFO, logger="mmcore_webdataset.reading"):
         keys = _keys(dataset)
     assert keys == [f"{i:09d}" for i in (0, 1, 3, 4, 7)]
     assert dataset.stats.skipped == Counter({"corrupt": 2, "missing": 1})
@@ -261,7 +261,7 @@ def test_truncated_and_broken_shards_end_with_a_warning(shards: Path, tmp_path: 
     (broken / "data-000002.tar").write_bytes(data[:cut])
     (broken / "data-000005.tar").write_bytes(b"garbage, not a tar file" * 10)
     dataset = _dataset(broken, shuffle_shards=False)
-    with caplog.at_level(logging.WARNING, logger="mmcore.shards"):
+    with caplog.at_level(logging.WARNING, logger="mmcore_webdataset.reading"):
         keys = _keys(dataset)
     lost = {"000000007", "000000008", "000000015", "000000016", "000000017"}
     assert keys == [k for k in ALL_KEYS if k not in lost]  # 6 kept, 7 cut, 8 never read

@@ -9,6 +9,7 @@ weight importer, and the ``shapes-sounds`` and ``audio-folder`` datasets. Preset
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ from mmcore_clap.roberta import (
 from mmcore_clap.swin import SwinConfig, build_swin, example_grid, swin_cost
 
 __version__ = "0.1.0"
+
+SPECS = Path(__file__).resolve().parent / "specs"
 
 
 def example_clap_waveforms(preprocessor: ClapAudioPreprocessor, batch_size: int,
@@ -131,3 +134,11 @@ def register_converters(register: Register) -> None:
     register("hf-clap", HFClapConverter,
              summary="Hugging Face ClapModel folder (config.json + model.safetensors + "
                      "tokenizer.json), unfused HTSAT only")
+
+
+@hookimpl
+def register_presets(register: Register) -> None:
+    register("audioclip-tiny", SPECS / "audioclip-tiny.yaml",
+             summary="tiny AudioCLIP (image, text and audio towers, late fusion, contrastive "
+                     "over the three pairs) that trains on the built-in shapes-sounds data in "
+                     "minutes on a CPU")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ from mmcore_image.tokenizer import (
 )
 
 __version__ = "0.1.0"
+
+SPECS = Path(__file__).resolve().parent / "specs"
 
 
 def example_images(preprocessor: Any, batch_size: int,
@@ -49,3 +52,9 @@ def register_tokenizers(register: Register) -> None:
 def register_encoders(register: Register) -> None:
     register("vit", build_vit, config=ViTConfig, tiny={"layers": 1, "heads": 2}, cost=vit_cost,
              summary="Vision Transformer encoder (pre-norm blocks)")
+
+
+@hookimpl
+def register_presets(register: Register) -> None:
+    register("clip-vit-b-32", SPECS / "clip-vit-b-32.yaml",
+             summary="the CLIP ViT-B/32 architecture (151,277,313 parameters)")

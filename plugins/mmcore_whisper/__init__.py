@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
+from mmcore_whisper import cli
 from mmcore_whisper.convert import make_converter
 from mmcore_whisper.decoder import (
     WhisperDecoderConfig,
@@ -38,3 +39,8 @@ def register_converters(register: Register) -> None:
     register("hf-whisper", make_converter,
              summary="Hugging Face Whisper folder (config.json, model.safetensors, "
                      "tokenizer.json), tiny to large-v3 and .en")
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
+    register("transcribe", cli.add_arguments, cli.run, summary=cli.SUMMARY)

@@ -16,7 +16,6 @@ once per utterance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,19 +177,6 @@ class WhisperDecoder(Head):
         ids = torch.full((context.x.shape[0], 1), self.tokens.start, dtype=torch.long,
                          device=context.x.device)
         return self.decode(ids, context)[:, -1]
-
-    def transcribe(self, model: nn.Module, items: Sequence[Any], *, beam_size: int = 1,
-                   language: str | None = None, task: str = "transcribe",
-                   timestamps: bool = False, tokenizer: str | None = None
-                   ) -> list[dict[str, Any]]:
-        """Transcribe audio items with ``model`` (the composition holding this head): per
-        item ``{"language", "text", "segments": [{"start", "end", "text"}]}``. What
-        ``mmcore transcribe`` calls; see :func:`mmcore_whisper.transcribe.transcribe`."""
-        from mmcore_whisper.transcribe import DecodeOptions, transcribe
-
-        options = DecodeOptions(beam_size=beam_size, language=language, task=task,
-                                timestamps=timestamps)
-        return [r.as_dict() for r in transcribe(model, items, options, tokenizer=tokenizer)]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(B, L, D) -> (B, L, V): final norm, then the tied output projection."""
