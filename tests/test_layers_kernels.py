@@ -3,6 +3,7 @@ Perceiver latent backbone."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -16,8 +17,10 @@ from torch import Tensor
 
 import mmcore
 from mmcore.backbone import LatentBackbone
+from mmcore.builder import BuildContext
 from mmcore.checkpoint import read_metadata
 from mmcore.contract import Tokens
+from mmcore.encoders import TransformerEncoder, TransformerEncoderConfig
 from mmcore.kernels import Candidate, Hardware, KernelError, KernelSet, dispatch, select_kernels
 from mmcore.kernels.attention import reference_attention, sdpa_attention
 from mmcore.layers import (
@@ -27,6 +30,7 @@ from mmcore.layers import (
     sinusoidal_positions,
     sinusoidal_positions_2d,
 )
+from mmcore.plugins import get_registry
 
 CPU = Hardware()
 A100 = Hardware("cuda", (8, 0), "A100")
@@ -142,6 +146,46 @@ def test_cpu_selects_sdpa_for_attention() -> None:
     assert choices["attention"] == choices["cross_attention"] == "sdpa"
     for op, name in choices.items():  # every choice can run on a CPU
         assert dispatch._CANDIDATES[op][name].rejection(CPU) is None
+
+
+def test_catalogue_registers_every_candidate() -> None:
+    assert {op: sorted(cands) for op, cands in dispatch._CANDIDATES.items()} == {
+        "attention": ["reference", "sdpa", "triton", "xformers"],
+        "contrastive_loss": ["chunked", "reference", "triton"],
+        "cross_attention": ["reference", "sdpa", "triton", "xformers"],
+    }
+    triton = dispatch._CANDIDATES["contrastive_loss"]["triton"]
+    assert triton.fn.__name__ == "triton_contrastive_loss" and triton.packages == ("triton",)
+
+
+KERNELS_DIR = Path(mmcore.__file__).parent / "kernels"
+
+
+def _kernel_imports() -> dict[str, list[tuple[str, list[str]]]]:
+    """module stem -> [(imported mmcore.kernels module stem, imported names)], including
+    imports inside functions (a lazy import still closes a cycle)."""
+    out: dict[str, list[tuple[str, list[str]]]] = {}
+    for path in sorted(KERNELS_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        out[path.stem] = [(node.module.rsplit(".", 1)[1], [a.name for a in node.names])
+                          for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                          and (node.module or "").startswith("mmcore.kernels.")]
+    return out
+
+
+def test_kernel_modules_form_no_cycle_and_share_no_privates() -> None:
+    imports = _kernel_imports()
+    assert not any(name.startswith("_") for deps in imports.values() for _, names in deps
+                   for name in names)
+    graph = {mod: {dep for dep, _ in deps} for mod, deps in imports.items()}
+    order: list[str] = []
+    while graph:  # peel off modules whose imports are all placed: a cycle never empties
+        ready = sorted(m for m, deps in graph.items() if deps <= set(order))
+        assert ready, f"import cycle among {sorted(graph)}"
+        order += ready
+        graph = {m: deps for m, deps in graph.items() if m not in ready}
+    # dispatch is selection only: it names no candidate module
+    assert {dep for dep, _ in imports["dispatch"]} == set()
 
 
 def test_cuda_without_gpu_packages_selects_sdpa() -> None:
@@ -399,3 +443,37 @@ def test_backbone_ignores_padded_inputs(backbone: tuple[LatentBackbone, Any]) ->
         c = model(Tokens(changed), queries)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a[1], c[1], atol=1e-3)
+
+
+# -- the core transformer encoder ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_transformer_encoder_causal_option(causal: bool) -> None:
+    """Causal: a change at token 4 reaches tokens 4.. only; full: it reaches token 0 too.
+    The change is a random vector, which no LayerNorm in the blocks can cancel."""
+    torch.manual_seed(0)
+    cfg = TransformerEncoderConfig(width=16, layers=2, heads=2, causal=causal)
+    encoder = TransformerEncoder(cfg, 16, select_kernels(None, CPU)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7, 16, generator=g)
+    changed = x.clone()
+    changed[:, 4] += torch.randn(16, generator=g)
+    mask = torch.arange(7)[None] < torch.tensor([7, 5])[:, None]  # (B, N), padding last
+    with torch.no_grad():
+        a, b = encoder(Tokens(x, mask)).x, encoder(Tokens(changed, mask)).x  # (B, N, D)
+    moved = (a - b).abs().amax(-1)  # (B, N)
+    assert moved[:, 4].min() > 1e-2
+    if causal:
+        torch.testing.assert_close(a[:, :4], b[:, :4])
+    else:
+        assert moved[:, 0].min() > 1e-2
+
+
+def test_text_transformer_is_the_causal_core_encoder() -> None:
+    entry = get_registry().get("encoder", "text-transformer")
+    encoder = entry.factory(entry.config.model_validate({"layers": 1, "heads": 2, "width": 8}),
+                            BuildContext(kernels=select_kernels(None, CPU), in_width=8))
+    assert isinstance(encoder, TransformerEncoder) and encoder.causal
+    assert [k for k in encoder.state_dict() if not k.startswith("stack.blocks.0.")] == [
+        "stack.final_norm.weight", "stack.final_norm.bias"]
