@@ -23,7 +23,7 @@ from mmcore_audio.features import log_mel
 from mmcore_audio.preprocess import AudioPreprocessConfig, AudioPreprocessor
 from mmcore_audio.resample import resample
 from mmcore_audio.tokenizer import ConvStemConfig, build_conv_stem
-from mmcore_audio.wav import read_wav
+from mmcore_audio.wav import decode_wav, read_wav
 
 try:  # a test dependency: the reference implementation of Whisper
     import transformers
@@ -192,6 +192,23 @@ def test_reads_32_bit_float(tmp_path: Path, extensible: bool) -> None:
     samples, rate = read_wav(_write_float(tmp_path / "f.wav", stereo, 16_000, extensible))
     assert rate == 16_000
     np.testing.assert_allclose(samples, stereo.mean(1), atol=1e-7)
+
+
+def test_decodes_bytes_as_files_read(tmp_path: Path) -> None:
+    """decode_wav(bytes) is read_wav without the file: same samples, errors name the data."""
+    stereo = np.array([[0.25, -0.75], [0.5, 0.1], [-1.0, 1.0]], dtype=np.float32)
+    data = _write_float(tmp_path / "g.wav", stereo, 11_025, extensible=True).read_bytes()
+    samples, rate = decode_wav(data, "shard/0001.wav")
+    assert rate == 11_025
+    np.testing.assert_allclose(samples, [-0.25, 0.3, 0.0], atol=1e-7, rtol=0)
+    ints = np.array([0, 8192, -16384])[:, None]
+    samples, rate = decode_wav(_write_pcm(tmp_path / "h.wav", ints, 2, 8_000).read_bytes())
+    assert rate == 8_000
+    np.testing.assert_allclose(samples, [0.0, 0.25, -0.5], atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match=r"shard/0001\.wav: the WAV header is truncated"):
+        decode_wav(data[:20], "shard/0001.wav")
+    with pytest.raises(ValueError, match=r"cannot read audio x\.wav: not a readable WAV file"):
+        decode_wav(b"RIFX" + data[4:], "x.wav")
 
 
 def test_wav_paths_go_through_the_preprocessor(tmp_path: Path) -> None:

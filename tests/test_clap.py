@@ -122,6 +122,34 @@ def test_import_matches_hf_clap(hf_folder: tuple[Path, Any], tmp_path: Path) -> 
 
 
 @needs_transformers
+def test_sharded_checkpoint_imports_with_parity(hf_folder: tuple[Path, Any],
+                                                tmp_path: Path) -> None:
+    """save_pretrained(max_shard_size=...) writes model.safetensors.index.json + shards;
+    the import reads them through mmcore.convert.hf and matches transformers."""
+    folder, hf = hf_folder
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    for name in ("tokenizer.json", "preprocessor_config.json"):
+        (sharded / name).write_bytes((folder / name).read_bytes())
+    assert not (sharded / "model.safetensors").exists()
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    model = import_model(sharded).eval()
+    texts = ["a cat meowing loudly", "rain on a window"]
+    ids = model.preprocess("text", texts)
+    reference = transformers.ClapFeatureExtractor(**FEATURES)(
+        waveforms(1)[:2], sampling_rate=8000, return_tensors="pt")["input_features"]
+    with torch.no_grad():
+        output = model({"audio": reference[:, 0], "text": ids})
+        expected = hf(input_ids=ids["ids"], attention_mask=ids["mask"].long(),
+                      input_features=reference)
+    for name, want in (("audio", expected.audio_embeds), ("text", expected.text_embeds)):
+        got = F.normalize(output.embeddings[name], dim=-1)
+        assert torch.allclose(got, want, atol=1e-5), name
+    assert float((expected.audio_embeds - expected.text_embeds).abs().max()) > 0.1
+
+
+@needs_transformers
 def test_imported_spec_and_weights(hf_folder: tuple[Path, Any]) -> None:
     folder, hf = hf_folder
     name, _ = find_converter(folder)

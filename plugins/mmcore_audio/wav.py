@@ -1,9 +1,14 @@
-"""Read WAV files with the stdlib ``wave`` module and numpy: 8/16/24/32-bit PCM, and 32/64-bit
-IEEE float (which ``wave`` refuses, so its RIFF chunks are parsed here). Channels are averaged
-to mono; samples come back as float32 in [-1, 1]."""
+"""The one WAV decoder: 8/16/24/32-bit PCM and 32/64-bit IEEE float, plain or inside
+WAVE_FORMAT_EXTENSIBLE (which the stdlib ``wave`` module refuses, so the RIFF chunks are
+parsed here). Channels are averaged to mono; samples come back as float32 in [-1, 1].
+
+:func:`read_wav` reads a path; :func:`decode_wav` decodes bytes (e.g. a ``.wav`` member of a
+webdataset shard). Both raise ValueError naming the file for anything they cannot decode.
+"""
 
 from __future__ import annotations
 
+import io
 import struct
 import wave
 from pathlib import Path
@@ -24,36 +29,48 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no audio file at {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"cannot read audio {path}: the file is empty (0 bytes)")
     try:
-        samples, rate = _read_pcm(path)
+        data = path.read_bytes()
+    except OSError as exc:  # permissions, I/O errors
+        raise ValueError(f"cannot read audio {path}: {exc.strerror or exc}") from None
+    return decode_wav(data, str(path))
+
+
+def decode_wav(data: bytes, name: str = "WAV bytes") -> tuple[np.ndarray, int]:
+    """WAV file bytes -> (mono waveform (L,) float32, sample rate).
+
+    ``name`` (a path, or a shard member's key) is what error messages call the data.
+    Raises ValueError for empty, truncated, non-WAV, unsupported or sample-less data.
+    """
+    if not data:
+        raise ValueError(f"cannot read audio {name}: the file is empty (0 bytes)")
+    try:
+        samples, rate = _read_pcm(data, name)
     except wave.Error as exc:
         if "unknown format" not in str(exc):
-            raise ValueError(f"cannot read audio {path}: not a readable WAV file ({exc})") from None
-        samples, rate = _read_riff(path)
+            raise ValueError(f"cannot read audio {name}: not a readable WAV file ({exc})") \
+                from None
+        samples, rate = _read_riff(data, name)
     except EOFError:
-        raise ValueError(f"cannot read audio {path}: the WAV header is truncated") from None
-    except OSError as exc:  # permissions, a directory, I/O errors
-        raise ValueError(f"cannot read audio {path}: {exc.strerror or exc}") from None
+        raise ValueError(f"cannot read audio {name}: the WAV header is truncated") from None
     if samples.shape[0] == 0:
-        raise ValueError(f"cannot read audio {path}: the WAV file holds no samples "
+        raise ValueError(f"cannot read audio {name}: the WAV file holds no samples "
                          "(zero-length audio)")
     if rate <= 0:
-        raise ValueError(f"cannot read audio {path}: invalid sample rate {rate}")
+        raise ValueError(f"cannot read audio {name}: invalid sample rate {rate}")
     return samples.mean(axis=1, dtype=np.float64).astype(np.float32), rate
 
 
-def _read_pcm(path: Path) -> tuple[np.ndarray, int]:
+def _read_pcm(data: bytes, name: str) -> tuple[np.ndarray, int]:
     """PCM through ``wave`` -> ((L, C) float32, rate)."""
-    with wave.open(str(path), "rb") as wav:
+    with wave.open(io.BytesIO(data), "rb") as wav:
         channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-        data = wav.readframes(wav.getnframes())
-    return _decode_pcm(data, width, channels, path), rate
+        frames = wav.readframes(wav.getnframes())
+    return _decode_pcm(frames, width, channels, name), rate
 
 
-def _decode_pcm(data: bytes, width: int, channels: int, path: Path) -> np.ndarray:
-    """Little-endian PCM bytes -> (L, C) float32 in [-1, 1]."""
+def _decode_pcm(data: bytes, width: int, channels: int, name: str) -> np.ndarray:
+    """Little-endian interleaved PCM bytes -> (L, C) float32 in [-1, 1]."""
     frame = width * channels
     data = data[: len(data) - len(data) % frame] if frame else data
     if width == 1:  # unsigned 8-bit
@@ -71,15 +88,15 @@ def _decode_pcm(data: bytes, width: int, channels: int, path: Path) -> np.ndarra
         ints = np.frombuffer(data, dtype="<i4").astype(np.float64)
         scale = 2.0**31
     else:
-        raise ValueError(f"cannot read audio {path}: unsupported PCM sample width "
+        raise ValueError(f"cannot read audio {name}: unsupported PCM sample width "
                          f"{8 * width} bits")
     return (ints / scale).astype(np.float32).reshape(-1, channels)
 
 
-def _chunks(blob: bytes, path: Path) -> dict[bytes, bytes]:
+def _chunks(blob: bytes, name: str) -> dict[bytes, bytes]:
     """RIFF/WAVE chunk id -> payload (the first of each id)."""
     if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
-        raise ValueError(f"cannot read audio {path}: not a WAV file (no RIFF/WAVE header)")
+        raise ValueError(f"cannot read audio {name}: not a WAV file (no RIFF/WAVE header)")
     chunks: dict[bytes, bytes] = {}
     pos = 12
     while pos + 8 <= len(blob):
@@ -89,23 +106,23 @@ def _chunks(blob: bytes, path: Path) -> dict[bytes, bytes]:
     return chunks
 
 
-def _read_riff(path: Path) -> tuple[np.ndarray, int]:
+def _read_riff(blob: bytes, name: str) -> tuple[np.ndarray, int]:
     """Non-PCM WAV (IEEE float, or PCM/float inside WAVE_FORMAT_EXTENSIBLE) -> ((L, C), rate)."""
-    chunks = _chunks(path.read_bytes(), path)
+    chunks = _chunks(blob, name)
     fmt, data = chunks.get(b"fmt "), chunks.get(b"data")
     if fmt is None or len(fmt) < 16 or data is None:
-        raise ValueError(f"cannot read audio {path}: the WAV file lacks a fmt or data chunk")
+        raise ValueError(f"cannot read audio {name}: the WAV file lacks a fmt or data chunk")
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]  # first two bytes of the sub-format GUID
     if channels == 0:
-        raise ValueError(f"cannot read audio {path}: the WAV header declares 0 channels")
+        raise ValueError(f"cannot read audio {name}: the WAV header declares 0 channels")
     if tag == WAVE_FORMAT_PCM:
-        return _decode_pcm(data, bits // 8, channels, path), rate
+        return _decode_pcm(data, bits // 8, channels, name), rate
     if tag == WAVE_FORMAT_IEEE_FLOAT and bits in (32, 64):
         dtype = "<f4" if bits == 32 else "<f8"
         width = bits // 8 * channels
         values = np.frombuffer(data[: len(data) - len(data) % width], dtype=dtype)
         return values.astype(np.float32).reshape(-1, channels), rate
-    raise ValueError(f"cannot read audio {path}: unsupported WAV encoding (format tag "
+    raise ValueError(f"cannot read audio {name}: unsupported WAV encoding (format tag "
                      f"{tag:#06x}, {bits} bits); use PCM or 32/64-bit float")

@@ -1,9 +1,8 @@
 """Raw audio items -> mono float64 waveforms at a given rate.
 
-WAV reading and band-limited resampling come from the ``mmcore_audio`` plugin
-(``mmcore_audio.read_wav``, ``mmcore_audio.resample``, its public API), imported only when a
-WAV path or a different sample rate needs them: that plugin has no public re-export of
-these two functions yet, and copying them here would fork them.
+WAV decoding and band-limited resampling come from the ``mmcore_audio`` plugin's public
+API (``mmcore_audio.read_wav``, ``mmcore_audio.resample``), the one WAV decoder every
+plugin shares; they are imported only when a WAV path or a different sample rate needs them.
 """
 
 from __future__ import annotations

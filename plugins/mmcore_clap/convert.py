@@ -1,6 +1,7 @@
 """``hf-clap``: Hugging Face ``ClapModel`` folders -> mmcore (spec + state dict).
 
-A folder holds ``config.json`` (``model_type: clap``), ``model.safetensors`` and, when
+A folder holds ``config.json`` (``model_type: clap``), ``model.safetensors`` (or shards
+listed by ``model.safetensors.index.json``; read through :mod:`mmcore.convert.hf`) and, when
 present, ``tokenizer.json`` (RoBERTa BPE) and ``preprocessor_config.json`` (the
 ``ClapFeatureExtractor`` settings). Nothing here imports ``transformers``. The imported
 model is an ordinary composition of this plugin's components:
@@ -18,13 +19,12 @@ fusion of four mel crops is not implemented, and such a folder is refused by nam
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from mmcore.convert import hf
 from mmcore.errors import CheckpointError
 
 #: HF config defaults (transformers' configuration_clap.py), for configs saved as diffs
@@ -44,8 +44,6 @@ TOP_DEFAULTS: dict[str, Any] = {"logit_scale_init_value": 1 / 0.07, "projection_
                                 "projection_hidden_act": "relu"}
 #: LAION CLAP tokenises text to 77 tokens (padding="max_length", truncation=True)
 CONTEXT_LENGTH = 77
-_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-         "relu": "relu", "silu": "silu", "quick_gelu": "quick_gelu"}
 
 _FIXED_PREFIXES = {
     "text_model.embeddings.word_embeddings.": "tokenizers.text.word_embeddings.",
@@ -62,22 +60,39 @@ _FIXED_PREFIXES = {
     "audio_model.audio_encoder.patch_embed.norm.": "tokenizers.audio.norm.",
     "audio_model.audio_encoder.norm.": "encoders.audio.final_norm.",
 }
-_TEXT_LAYER = re.compile(r"^text_model\.encoder\.layer\.(\d+)\.(.+)$")
 _TEXT_PARTS = {
     "attention.self.query.": "attn.q_proj.", "attention.self.key.": "attn.k_proj.",
     "attention.self.value.": "attn.v_proj.", "attention.output.dense.": "attn.out_proj.",
     "attention.output.LayerNorm.": "norm1.", "intermediate.dense.": "mlp.fc1.",
     "output.dense.": "mlp.fc2.", "output.LayerNorm.": "norm2."}
-_AUDIO_BLOCK = re.compile(r"^audio_model\.audio_encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _AUDIO_PARTS = {
     "layernorm_before.": "norm1.", "attention.self.query.": "attn.query.",
     "attention.self.key.": "attn.key.", "attention.self.value.": "attn.value.",
     "attention.self.relative_position_bias_table": "attn.relative_position_bias_table",
     "attention.output.dense.": "attn.out_proj.", "layernorm_after.": "norm2.",
     "intermediate.dense.": "mlp.fc1.", "output.dense.": "mlp.fc2."}
-_MERGE = re.compile(r"^audio_model\.audio_encoder\.layers\.(\d+)\.downsample\.(.+)$")
-#: buffers HF saves that mmcore recomputes
-_IGNORED = re.compile(r"(position_ids|token_type_ids|relative_position_index)$")
+_TEXT_LAYER = "text_model.encoder.layer.{}."
+_AUDIO_BLOCK = "audio_model.audio_encoder.layers.{}.blocks.{}."
+_MERGE = "audio_model.audio_encoder.layers.{}.downsample."
+
+
+def _rule(prefix: str, target: str, rest: str, new: str) -> tuple[str, str]:
+    """A rule for ``prefix + rest`` (``*`` after a trailing dot: any suffix)."""
+    tail = "*" if rest.endswith(".") else ""
+    return prefix + rest + tail, target + new + tail
+
+
+#: HF ``ClapModel`` keys -> mmcore keys (the logit scales are handled apart); buffers HF
+#: saves that mmcore recomputes are dropped
+HF_TO_MMCORE = hf.KeyMap(
+    [*((old + "*", new + "*") for old, new in _FIXED_PREFIXES.items()),
+     *(_rule(_TEXT_LAYER, "encoders.text.layers.{}.", old, new)
+       for old, new in _TEXT_PARTS.items()),
+     *(_rule(_AUDIO_BLOCK, "encoders.audio.stages.{}.blocks.{}.", old, new)
+       for old, new in _AUDIO_PARTS.items()),
+     *((f"{_MERGE}{part}.*", f"encoders.audio.stages.{{}}.merge.{part}.*")
+       for part in ("norm", "reduction"))],
+    ignore=["*position_ids", "*token_type_ids", "*relative_position_index"])
 LOGIT_SCALES = ("logit_scale_a", "logit_scale_t")
 SCALE_KEY = "objectives.contrastive.logit_scale"
 
@@ -88,14 +103,11 @@ SCALE_KEY = "objectives.contrastive.logit_scale"
 def read_config(source: Path) -> dict[str, Any]:
     """config.json with HF's defaults filled in: ``{"text_config": ..., "audio_config": ...,
     ...top-level}``. Refuses other model types and the fused variant."""
-    path = source / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("model_type") != "clap":
-        kind = data.get("model_type") if isinstance(data, dict) else None
-        raise CheckpointError(f"{path} is not a CLAP config (model_type {kind!r})")
+    path = source / hf.CONFIG
+    data = hf.read_config(source)
+    if data.get("model_type") != "clap":
+        raise CheckpointError(f"{path} is not a CLAP config "
+                              f"(model_type {data.get('model_type')!r})")
     config = {**TOP_DEFAULTS, **data}
     config["text_config"] = {**TEXT_DEFAULTS, **(data.get("text_config") or {})}
     config["audio_config"] = {**AUDIO_DEFAULTS, **(data.get("audio_config") or {})}
@@ -106,13 +118,6 @@ def read_config(source: Path) -> dict[str, Any]:
             "(laion/clap-htsat-unfused, laion/larger_clap_*): the fused variant's "
             "attentional feature fusion of four mel crops is not implemented")
     return config
-
-
-def _activation(name: str) -> str:
-    if name not in _ACTS:
-        raise CheckpointError(f"HF activation {name!r} has no mmcore equivalent; supported: "
-                              f"{', '.join(_ACTS)}")
-    return _ACTS[name]
 
 
 def _square(value: Any, what: str) -> int:
@@ -150,7 +155,8 @@ def _audio_modality(ac: dict[str, Any], preprocessor: dict[str, Any]) -> dict[st
         "encoder": {"type": "swin-transformer", "grid_size": ac["spec_size"] // stride,
                     "depths": list(ac["depths"]), "heads": list(ac["num_attention_heads"]),
                     "window_size": ac["window_size"], "mlp_ratio": ac["mlp_ratio"],
-                    "qkv_bias": ac["qkv_bias"], "act": _activation(ac["hidden_act"]),
+                    "qkv_bias": ac["qkv_bias"],
+                    "act": hf.activation(ac["hidden_act"], "audio_config.hidden_act"),
                     "norm_eps": ac["layer_norm_eps"]},
     }
 
@@ -163,7 +169,8 @@ def _text_modality(tc: dict[str, Any], tokenizer_json: Path | None) -> dict[str,
                       "padding_idx": pad, "type_vocab_size": tc["type_vocab_size"],
                       "norm_eps": tc["layer_norm_eps"]},
         "encoder": {"type": "bert-encoder", "layers": tc["num_hidden_layers"],
-                    "heads": tc["num_attention_heads"], "act": _activation(tc["hidden_act"]),
+                    "heads": tc["num_attention_heads"],
+                    "act": hf.activation(tc["hidden_act"], "text_config.hidden_act"),
                     "mlp_ratio": _mlp_ratio(tc["hidden_size"], tc["intermediate_size"]),
                     "norm_eps": tc["layer_norm_eps"]},
     }
@@ -196,10 +203,7 @@ def preprocessor_params(source: Path, n_mels: int) -> dict[str, Any]:
     path = source / "preprocessor_config.json"
     if not path.is_file():
         return {"n_mels": n_mels}
-    try:
-        fe = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    fe = hf.read_json_object(path)
     if fe.get("feature_size", n_mels) != n_mels:
         raise CheckpointError(f"{path}: feature_size {fe['feature_size']} differs from the "
                               f"model's num_mel_bins {n_mels}")
@@ -228,7 +232,8 @@ def spec_from_hf_clap_config(config: dict[str, Any], *, tokenizer_json: Path | N
         "modalities": {"audio": _audio_modality(ac, preprocessor),
                        "text": _text_modality(tc, tokenizer_json)},
         "fusion": {"type": "late-mlp", "embed_dim": config["projection_dim"],
-                   "act": _activation(config["projection_hidden_act"]),
+                   "act": hf.activation(config["projection_hidden_act"],
+                                             "projection_hidden_act"),
                    "pooling": {"audio": "mean", "text": "cls"}, "tanh_pooler": ["text"]},
         "objectives": {"contrastive": {
             "type": "two-scale-contrastive", "pairs": [["audio", "text"]],
@@ -240,31 +245,10 @@ def spec_from_hf_clap_config(config: dict[str, Any], *, tokenizer_json: Path | N
 # -- weights ------------------------------------------------------------------------------
 
 
-def _part(rest: str, parts: dict[str, str]) -> str | None:
-    for old, new in parts.items():
-        if rest.startswith(old):
-            return new + rest[len(old):]
-    return None
-
-
 def mmcore_key(hf_key: str) -> str | None:
     """The mmcore state-dict key of one HF key; None for recomputed buffers. Raises
-    KeyError for a key with no equivalent."""
-    if _IGNORED.search(hf_key):
-        return None
-    for old, new in _FIXED_PREFIXES.items():
-        if hf_key.startswith(old):
-            return new + hf_key[len(old):]
-    found: str | None = None
-    if (m := _TEXT_LAYER.match(hf_key)) and (rest := _part(m[2], _TEXT_PARTS)):
-        found = f"encoders.text.layers.{m[1]}.{rest}"
-    elif (m := _AUDIO_BLOCK.match(hf_key)) and (rest := _part(m[3], _AUDIO_PARTS)):
-        found = f"encoders.audio.stages.{m[1]}.blocks.{m[2]}.{rest}"
-    elif (m := _MERGE.match(hf_key)) and m[2].split(".")[0] in ("norm", "reduction"):
-        found = f"encoders.audio.stages.{m[1]}.merge.{m[2]}"
-    if found is None:
-        raise KeyError(f"no mmcore equivalent for HF CLAP key {hf_key!r}")
-    return found
+    KeyError (a KeyMappingError) for a key with no equivalent."""
+    return HF_TO_MMCORE.target(hf_key)
 
 
 def hf_clap_to_mmcore(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -275,13 +259,9 @@ def hf_clap_to_mmcore(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     missing = [k for k in LOGIT_SCALES if k not in state_dict]
     if missing:
         raise KeyError(f"the checkpoint lacks {', '.join(missing)}")
-    out = {SCALE_KEY: torch.stack([state_dict[k].reshape(()) for k in LOGIT_SCALES])[None]}
-    for key, value in state_dict.items():
-        if key in LOGIT_SCALES:
-            continue
-        new = mmcore_key(key)
-        if new is not None:
-            out[new] = value
+    rest = {k: v for k, v in state_dict.items() if k not in LOGIT_SCALES}
+    out = HF_TO_MMCORE.apply(rest, source="HF CLAP state dict")
+    out[SCALE_KEY] = torch.stack([state_dict[k].reshape(()) for k in LOGIT_SCALES])[None]
     return out
 
 
@@ -289,14 +269,7 @@ class HFClapConverter:
     """``detect``: a folder whose config.json says ``model_type: clap``."""
 
     def detect(self, source: Path) -> bool:
-        path = Path(source) / "config.json"
-        if not path.is_file():
-            return False
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and data.get("model_type") == "clap"
+        return hf.config_model_type(Path(source)) == "clap"
 
     def to_mmcore(self, source: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         source = Path(source)
@@ -310,22 +283,7 @@ class HFClapConverter:
                                         tokenizer_json=tokenizer if tokenizer.is_file() else None,
                                         name=f"hf-clap-{source.name}")
         try:
-            return spec, hf_clap_to_mmcore(_read_weights(source))
+            return spec, hf_clap_to_mmcore(hf.read_weights(source))
         except KeyError as exc:
-            raise CheckpointError(f"{source}: {exc.args[0]}") from None
-
-
-def _read_weights(source: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = source / "model.safetensors"
-    if not path.is_file():
-        other = " (it has pytorch_model.bin; re-save it with safe_serialization)" if (
-            source / "pytorch_model.bin").is_file() else ""
-        raise CheckpointError(f"{source} has no model.safetensors{other}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+            raise CheckpointError(f"{source}: {exc}") from None
 

@@ -18,23 +18,21 @@ Nothing here imports ``transformers``: configs are plain mappings (or any object
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from mmcore.convert.hf import ACTIVATIONS, HF_ACTIVATIONS, KeyMap, activation
 from mmcore_clip.hf_config import ClipConfig, as_mapping, clip_config
 
 if TYPE_CHECKING:
     from mmcore.model import MultimodalModel
 
-#: HF activation name -> mmcore activation name
-ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh",
-        "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+#: HF activation name -> mmcore activation name (the shared table)
+ACTS = ACTIVATIONS
 #: mmcore activation name -> HF activation name (for export)
-HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh",
-           "relu": "relu", "silu": "silu"}
+HF_ACTS = HF_ACTIVATIONS
 
 #: whole-key renames
 _FIXED = {
@@ -53,20 +51,19 @@ _PREFIXES = {
     "vision_model.post_layernorm.": "encoders.image.stack.final_norm.",
     "text_model.final_layer_norm.": "encoders.text.stack.final_norm.",
 }
-_LAYER = re.compile(r"^(vision|text)_model\.encoder\.layers\.(\d+)\.(.+)$")
-_MM_LAYER = re.compile(r"^encoders\.(image|text)\.stack\.blocks\.(\d+)\.(.+)$")
 _LAYER_PARTS = {"self_attn.": "attn.", "layer_norm1.": "norm1.", "layer_norm2.": "norm2.",
                 "mlp.": "mlp."}
 _TOWERS = {"vision": "image", "text": "text"}
-#: non-persistent buffers that older checkpoints still carry
-_IGNORED = re.compile(r"(^|\.)position_ids$")
 
-
-def _activation(name: str) -> str:
-    if name not in ACTS:
-        raise ValueError(f"HF activation {name!r} has no mmcore equivalent; "
-                         f"supported: {', '.join(ACTS)}")
-    return ACTS[name]
+#: HF ``CLIPModel`` keys -> mmcore keys; non-persistent ``position_ids`` buffers (which
+#: older checkpoints still carry) are dropped
+HF_TO_MMCORE = KeyMap(
+    [*_FIXED.items(), *((old + "*", new + "*") for old, new in _PREFIXES.items()),
+     *((f"{tower}_model.encoder.layers.{{}}.{old}*",
+        f"encoders.{modality}.stack.blocks.{{}}.{new}*")
+       for tower, modality in _TOWERS.items() for old, new in _LAYER_PARTS.items())],
+    ignore=["position_ids", "*.position_ids"])
+MMCORE_TO_HF = HF_TO_MMCORE.inverse(target="HF CLIP")
 
 
 def _mlp_ratio(hidden: int, intermediate: int) -> float:
@@ -87,7 +84,8 @@ def _image_modality(vc: Mapping[str, Any], preprocessor: dict[str, Any] | None
                       "channels": vc["num_channels"], "positions": "learned",
                       "cls_token": True},
         "encoder": {"type": "vit", "layers": vc["num_hidden_layers"],
-                    "heads": vc["num_attention_heads"], "act": _activation(vc["hidden_act"]),
+                    "heads": vc["num_attention_heads"],
+                    "act": activation(vc["hidden_act"], "vision_config.hidden_act"),
                     "norm_eps": vc["layer_norm_eps"],
                     "mlp_ratio": _mlp_ratio(vc["hidden_size"], vc["intermediate_size"]),
                     "pre_norm": True, "final_norm": True},
@@ -102,7 +100,8 @@ def _text_modality(tc: Mapping[str, Any], preprocessor: dict[str, Any] | None
                       "width": tc["hidden_size"],
                       "context_length": tc["max_position_embeddings"]},
         "encoder": {"type": "text-transformer", "layers": tc["num_hidden_layers"],
-                    "heads": tc["num_attention_heads"], "act": _activation(tc["hidden_act"]),
+                    "heads": tc["num_attention_heads"],
+                    "act": activation(tc["hidden_act"], "text_config.hidden_act"),
                     "norm_eps": tc["layer_norm_eps"],
                     "mlp_ratio": _mlp_ratio(tc["hidden_size"], tc["intermediate_size"]),
                     "causal": True, "final_norm": True},
@@ -157,75 +156,30 @@ def spec_from_hf_clip_config(config: Any, *, name: str = "hf-clip",
                                  source="converted from transformers CLIPModel")
 
 
-def _layer_key(match: re.Match[str]) -> str:
-    tower, index, rest = match.groups()
-    for old, new in _LAYER_PARTS.items():
-        if rest.startswith(old):
-            return f"encoders.{_TOWERS[tower]}.stack.blocks.{index}.{new}{rest[len(old):]}"
-    raise KeyError(rest)
-
-
 def mmcore_key(hf_key: str) -> str | None:
-    """The mmcore state-dict key for one HF key; None for keys to drop (position_ids)."""
-    if _IGNORED.search(hf_key):
-        return None
-    if hf_key in _FIXED:
-        return _FIXED[hf_key]
-    for old, new in _PREFIXES.items():
-        if hf_key.startswith(old):
-            return new + hf_key[len(old):]
-    match = _LAYER.match(hf_key)
-    if match is not None:
-        try:
-            return _layer_key(match)
-        except KeyError:
-            pass
-    raise KeyError(f"no mmcore equivalent for HF CLIP key {hf_key!r}")
+    """The mmcore state-dict key for one HF key; None for keys to drop (position_ids).
+    Raises KeyError (a KeyMappingError) for a key with no equivalent."""
+    return HF_TO_MMCORE.target(hf_key)
 
 
 def hf_key(mm_key: str) -> str:
     """The HF ``CLIPModel`` key for one mmcore key (the inverse of :func:`mmcore_key`)."""
-    for old, new in _FIXED.items():
-        if new == mm_key:
-            return old
-    for old, new in _PREFIXES.items():
-        if mm_key.startswith(new):
-            return old + mm_key[len(new):]
-    match = _MM_LAYER.match(mm_key)
-    if match is not None:
-        modality, index, rest = match.groups()
-        tower = "vision" if modality == "image" else "text"
-        for old, new in _LAYER_PARTS.items():
-            if rest.startswith(new):
-                return f"{tower}_model.encoder.layers.{index}.{old}{rest[len(new):]}"
-    raise KeyError(f"no HF CLIP equivalent for mmcore key {mm_key!r}")
+    key = MMCORE_TO_HF.target(mm_key)
+    assert key is not None  # the inverse map ignores nothing
+    return key
 
 
 def hf_clip_to_mmcore(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename an HF ``CLIPModel`` state dict to the keys of the mmcore model built from
-    :func:`spec_from_hf_clip_config`. Tensors are shared, not copied. Raises KeyError on
-    a key it does not know (e.g. a ``CLIPForImageClassification`` head)."""
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        new = mmcore_key(key)
-        if new is not None:
-            out[new] = value
-    return out
+    :func:`spec_from_hf_clip_config`. Tensors are shared, not copied. Raises KeyError (a
+    KeyMappingError) naming every key it does not know (e.g. a classification head)."""
+    return HF_TO_MMCORE.apply(state_dict, source="HF CLIP state dict")
 
 
 def mmcore_to_hf_clip(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename an mmcore CLIP state dict to HF ``CLIPModel`` keys. KeyError lists the keys
-    that have no HF equivalent (e.g. a patch-embedding bias or an extra head)."""
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        try:
-            out[hf_key(key)] = value
-        except KeyError:
-            unknown.append(key)
-    if unknown:
-        raise KeyError(f"no HF CLIP equivalent for mmcore key(s) {', '.join(unknown[:8])}")
-    return out
+    """Rename an mmcore CLIP state dict to HF ``CLIPModel`` keys. KeyError (a
+    KeyMappingError) lists the keys that have no HF equivalent (e.g. an extra head)."""
+    return MMCORE_TO_HF.apply(state_dict, source="mmcore CLIP state dict")
 
 
 def from_hf_clip(hf_model: Any, *, device: str = "cpu",

@@ -2,8 +2,9 @@
 
 Import reads ``config.json`` as JSON (no ``transformers``), the weights from
 ``model.safetensors`` (or a sharded ``model.safetensors.index.json``, or a
-``pytorch_model.bin`` through ``torch.load(weights_only=True)``), and points the text
-preprocessor at the folder's ``tokenizer.json``. Export writes the folder back.
+``pytorch_model.bin`` through ``torch.load(weights_only=True)``) through
+:mod:`mmcore.convert.hf`, and points the text preprocessor at the folder's
+``tokenizer.json``. Export writes the folder back.
 """
 
 from __future__ import annotations
@@ -13,25 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from mmcore.convert import hf
 from mmcore.errors import CheckpointError
 from mmcore_clip.checks import check_weights
 from mmcore_clip.hf_clip import hf_clip_to_mmcore, spec_from_clip_config
 from mmcore_clip.hf_config import ClipConfig, clip_config
-from mmcore_clip.sidecars import (
-    TOKENIZER_JSON,
-    hf_image_preprocessor,
-    read_json,
-    read_mapping,
-    text_preprocessor,
-)
-from mmcore_clip.weights import load_weights, read_safetensors
+from mmcore_clip.sidecars import TOKENIZER_JSON, hf_image_preprocessor, text_preprocessor
 
 if TYPE_CHECKING:
     from mmcore.model import MultimodalModel
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-SHARD_INDEX = "model.safetensors.index.json"
+CONFIG = hf.CONFIG
+WEIGHTS = hf.SAFETENSORS
+SHARD_INDEX = hf.SAFETENSORS_INDEX
 LEGACY_WEIGHTS = "pytorch_model.bin"
 #: text config ids an export restores (they decide where transformers pools the text)
 TEXT_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
@@ -61,28 +56,10 @@ def check_folder(folder: Path) -> None:
                           f"folder needs {CONFIG}, {WEIGHTS} and {TOKENIZER_JSON}{hint}")
 
 
-def _sharded(folder: Path) -> dict[str, Tensor]:
-    index = read_json(folder / SHARD_INDEX)
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{folder / SHARD_INDEX} has no weight_map")
-    shards = sorted(set(weight_map.values()))
-    missing = [s for s in shards if not (folder / s).is_file()]
-    if missing:
-        raise CheckpointError(f"{folder} is missing shard(s) {', '.join(missing)}")
-    tensors: dict[str, Tensor] = {}
-    for shard in shards:
-        tensors.update(read_safetensors(folder / shard))
-    return tensors
-
-
 def read_hf_weights(folder: Path) -> dict[str, Tensor]:
-    """The folder's state dict: model.safetensors, its shards, or pytorch_model.bin."""
-    if (folder / WEIGHTS).is_file():
-        return read_safetensors(folder / WEIGHTS)
-    if (folder / SHARD_INDEX).is_file():
-        return _sharded(folder)
-    return load_weights(folder / LEGACY_WEIGHTS)
+    """The folder's state dict: model.safetensors, its shards, or (weights only)
+    pytorch_model.bin, as hf-clip has always read it."""
+    return hf.read_weights(folder, allow_pickle=True)
 
 
 def hf_to_mmcore_tensors(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
@@ -90,28 +67,20 @@ def hf_to_mmcore_tensors(state: dict[str, Tensor], source: str) -> dict[str, Ten
     try:
         return hf_clip_to_mmcore(state)
     except KeyError as exc:
-        raise CheckpointError(f"{source}: {exc.args[0]} (a CLIPModel checkpoint is "
-                              "expected; heads and other variants are not supported)") from None
+        raise CheckpointError(f"{source}: {exc} (a CLIPModel checkpoint is expected; heads "
+                              "and other variants are not supported)") from None
 
 
 def read_folder_config(folder: Path) -> ClipConfig:
-    data = read_json(folder / CONFIG)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{folder / CONFIG} is not a JSON object")
-    return clip_config(data)
+    """The folder's ``config.json`` with CLIP's defaults filled in."""
+    return clip_config(hf.read_config(folder))
 
 
 class HFClipConverter:
     """A transformers ``CLIPModel`` folder (config.json, model.safetensors, tokenizer.json)."""
 
     def detect(self, source: Path) -> bool:
-        config = source / CONFIG
-        if not (source.is_dir() and config.is_file()):
-            return False
-        try:
-            return read_mapping(config).get("model_type") == "clip"
-        except CheckpointError:
-            return False
+        return source.is_dir() and hf.config_model_type(source) == "clip"
 
     def to_mmcore(self, source: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         check_folder(source)

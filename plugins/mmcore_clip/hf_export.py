@@ -163,7 +163,7 @@ def hf_state(model: Any, objective: str) -> dict[str, Tensor]:
     try:
         return mmcore_to_hf_clip(state)
     except KeyError as exc:
-        raise CheckpointError(f"cannot export to hf-clip: {exc.args[0]}") from None
+        raise CheckpointError(f"cannot export to hf-clip: {exc}") from None
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import Tensor
 
+from mmcore.convert.hf import load_weights_file, safetensors_keys
 from mmcore.errors import CheckpointError
 from mmcore_clip.checks import check_weights
 from mmcore_clip.hf_clip import spec_from_clip_config
@@ -40,7 +41,6 @@ from mmcore_clip.sidecars import (
     read_mapping,
     text_preprocessor,
 )
-from mmcore_clip.weights import load_weights, safetensors_keys
 
 #: weight files of open_clip's Hugging Face Hub repositories, in order of preference
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -99,7 +99,7 @@ def _strip_text_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def read_state(source: Path) -> dict[str, Tensor]:
     """The OpenAI-layout state dict at ``source``; ResNet towers and non-CLIP files refused."""
-    state = _strip_text_prefix(load_weights(weights_file(source)))
+    state = _strip_text_prefix(load_weights_file(weights_file(source)))
     if any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state):
         raise CheckpointError(f"{source}: ResNet visual backbones (RN50, RN101, ...) are not "
                               "supported; openai-clip imports ViT models only")

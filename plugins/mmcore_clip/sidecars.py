@@ -7,11 +7,11 @@ mean/std of ``preprocessor_config.json`` (Hugging Face) or ``open_clip_config.js
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mmcore.convert.hf import read_json_object
 from mmcore.errors import CheckpointError
 from mmcore_clip.hf_clip import hf_tokenizer_preprocessor
 
@@ -22,22 +22,9 @@ TOKENIZER_SIDECARS = ("tokenizer_config.json", "special_tokens_map.json", "vocab
 EOT, SOT = "<|endoftext|>", "<|startoftext|>"
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content; CheckpointError naming the file if it is not valid JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not readable JSON: {exc}") from None
-
-
 def read_mapping(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``, or {} when the file does not exist."""
-    if not path.is_file():
-        return {}
-    data = read_json(path)
-    if not isinstance(data, Mapping):
-        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object")
-    return dict(data)
+    return read_json_object(path, missing_ok=True)
 
 
 def special_token(folder: Path, name: str, default: str) -> str:

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mmcore.registry import ComponentConfig
 from mmcore.shards import Decoder, ShardDataset
-from mmcore_webdataset.wav import decode_wav
+from mmcore_audio import decode_wav
 
 SPLITS = ("train", "eval")
 IMAGE_EXTENSIONS = ["jpg", "jpeg", "png", "webp"]

@@ -18,7 +18,6 @@ English-only ``.en`` models. Correspondences:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,19 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmcore.convert import hf
 from mmcore.errors import CheckpointError
 
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+WEIGHTS = hf.SAFETENSORS
+INDEX = hf.SAFETENSORS_INDEX
 #: config.json keys the spec needs
 REQUIRED = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "vocab_size",
             "num_mel_bins", "max_source_positions", "max_target_positions")
-_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-         "relu": "relu", "silu": "silu"}
 _LANGUAGE = re.compile(r"^<\|([a-z]{2,3}(?:-[a-z]+)?)\|>$", re.I)
-_ENCODER_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 _ENCODER_PARTS = {"self_attn.": "attn.", "self_attn_layer_norm.": "norm1.",
                   "final_layer_norm.": "norm2.", "fc1.": "mlp.fc1.", "fc2.": "mlp.fc2."}
 _ENCODER_FIXED = {"encoder.conv1.weight": "tokenizers.audio.conv1.weight",
@@ -50,19 +46,20 @@ _ENCODER_FIXED = {"encoder.conv1.weight": "tokenizers.audio.conv1.weight",
                   "encoder.layer_norm.weight": "encoders.audio.stack.final_norm.weight",
                   "encoder.layer_norm.bias": "encoders.audio.stack.final_norm.bias"}
 HEAD = "decoder"
+#: prefix-stripped HF Whisper keys -> mmcore keys (the decoder is the head, key for key)
+HF_TO_MMCORE = hf.KeyMap(
+    [*_ENCODER_FIXED.items(),
+     *((f"encoder.layers.{{}}.{old}*", f"encoders.audio.stack.blocks.{{}}.{new}*")
+       for old, new in _ENCODER_PARTS.items()),
+     ("decoder.*", f"heads.{HEAD}.*")])
 
 
 # -- reading the folder -------------------------------------------------------------------
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not readable JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
+    """A JSON object (CheckpointError naming the file otherwise)."""
+    return hf.read_json_object(path)
 
 
 def check_folder(folder: Path) -> None:
@@ -72,31 +69,13 @@ def check_folder(folder: Path) -> None:
                               "a folder with config.json and model.safetensors)")
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json")
-    if not (folder / WEIGHTS).is_file() and not (folder / INDEX).is_file():
-        pickles = [p for p in PICKLES if (folder / p).exists()]
-        if pickles:
-            raise CheckpointError(f"{folder} holds only {pickles[0]} (a pickle); mmcore reads "
-                                  "safetensors only, as pickles can run code when loaded — "
-                                  "convert it with safetensors first")
-        raise CheckpointError(f"{folder} has no {WEIGHTS} (nor {INDEX})")
+    if not hf.has_weights(folder):
+        hf.read_weights(folder)  # raises, naming a pickle when the folder holds one
 
 
 def read_weights(folder: Path) -> dict[str, Tensor]:
     """Every tensor of the folder's safetensors file(s)."""
-    from mmcore.checkpoint import read_tensors
-
-    if (folder / WEIGHTS).is_file():
-        return read_tensors(folder / WEIGHTS)
-    index = read_json(folder / INDEX)
-    files = sorted(set(index.get("weight_map", {}).values()))
-    if not files:
-        raise CheckpointError(f"{folder / INDEX} lists no weight files")
-    out: dict[str, Tensor] = {}
-    for name in files:
-        if not str(name).endswith(".safetensors"):
-            raise CheckpointError(f"{folder / INDEX} lists {name}, not a safetensors file")
-        out.update(read_tensors(folder / name))
-    return out
+    return hf.read_weights(folder)
 
 
 def _config_value(config: Mapping[str, Any], key: str) -> int:
@@ -186,11 +165,7 @@ def _in_vocab(ids: Any, vocab_size: int) -> list[int]:
 
 
 def _activation(config: Mapping[str, Any]) -> str:
-    name = config.get("activation_function", "gelu")
-    if name not in _ACTS:
-        raise CheckpointError(f"config.json: activation {name!r} has no mmcore equivalent; "
-                              f"supported: {', '.join(_ACTS)}")
-    return _ACTS[name]
+    return hf.activation(config.get("activation_function", "gelu"), "activation_function")
 
 
 def _mlp_ratio(width: int, hidden: int) -> float:
@@ -245,23 +220,11 @@ def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix("model."): v for k, v in state.items()}
 
 
-def _encoder_key(key: str) -> str:
-    if key in _ENCODER_FIXED:
-        return _ENCODER_FIXED[key]
-    match = _ENCODER_LAYER.match(key)
-    if match is not None:
-        index, rest = match.groups()
-        for old, new in _ENCODER_PARTS.items():
-            if rest.startswith(old):
-                return f"encoders.audio.stack.blocks.{index}.{new}{rest[len(old):]}"
-    raise CheckpointError(f"no mmcore equivalent for Whisper weight {key!r}")
-
-
 def mmcore_key(key: str) -> str:
     """The mmcore state-dict key of one (prefix-stripped) HF Whisper key."""
-    if key.startswith("decoder."):
-        return f"heads.{HEAD}.{key.removeprefix('decoder.')}"
-    return _encoder_key(key)
+    target = HF_TO_MMCORE.target(key)
+    assert target is not None  # the map ignores nothing
+    return target
 
 
 def whisper_to_mmcore(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -274,7 +237,7 @@ def whisper_to_mmcore(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
                              or not torch.equal(proj, embed)):
         raise CheckpointError("proj_out.weight differs from decoder.embed_tokens.weight; "
                               "mmcore's Whisper decoder ties them, as every Whisper does")
-    out = {mmcore_key(k): v for k, v in stripped.items()}
+    out = HF_TO_MMCORE.apply(stripped, source="HF Whisper state dict")
     for key, value in list(out.items()):
         if key.startswith("encoders.audio.") and key.endswith("attn.k_proj.weight"):
             out[key.removesuffix("weight") + "bias"] = torch.zeros(value.shape[0],
@@ -286,17 +249,11 @@ class HFWhisperConverter:
     """``hf-whisper``: a Hugging Face Whisper folder (any size, .en included)."""
 
     def detect(self, source: Path) -> bool:
-        config = source / "config.json"
-        if not source.is_dir() or not config.is_file():
-            return False
-        try:
-            return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "whisper"
-        except (OSError, ValueError, AttributeError):
-            return False
+        return source.is_dir() and hf.config_model_type(source) == "whisper"
 
     def to_mmcore(self, source: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         check_folder(source)
-        config = read_json(source / "config.json")
+        config = hf.read_config(source)
         spec = spec_from_folder(source, config)
         return spec, whisper_to_mmcore(read_weights(source))
 
