@@ -2,12 +2,22 @@
 
 Metadata (all strings, as safetensors requires): ``format``, ``mmcore_version``, ``spec``
 (JSON), ``plugins`` (JSON name -> version) and ``kernels`` (JSON op -> choice).
+
+The run-folder layout lives here too, so every loader reads a run the same way::
+
+    RUN/model.safetensors                    the final model of a finished run
+    RUN/checkpoints/step-000200/COMPLETE     a complete checkpoint (written last)
+    RUN/checkpoints/step-000200/model.safetensors  optimizer.safetensors  state.json
+
+:func:`resolve_model_file` maps a file, a checkpoint folder or a run folder (finished or
+not) to the one model file to load.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +31,10 @@ from torch import Tensor, nn
 from mmcore.errors import CheckpointError
 
 FORMAT = "mmcore/1"
+MODEL_FILE = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+COMPLETE = "COMPLETE"
+_STEP_DIR = re.compile(r"step-(\d+)")
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -39,6 +53,67 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- the run-folder layout --------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """The folder of the checkpoint at ``step``: ``RUN/checkpoints/step-NNNNNN``."""
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first; half-written ones are skipped."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.fullmatch(p.name)) and (p / COMPLETE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    done = list_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """The model file ``path`` stands for: a file as is; a folder's ``model.safetensors``
+    (a saved model, a checkpoint folder or a finished run); else the newest complete
+    checkpoint's model of an unfinished run. CheckpointError when there is none."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint at {path}")
+        return path
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
+    newest = latest_checkpoint(path)
+    if newest is not None:
+        return newest / MODEL_FILE
+    raise CheckpointError(f"{path} holds no model: looked for {MODEL_FILE} and for a complete "
+                          f"checkpoint {CHECKPOINTS}/step-N/ (with a {COMPLETE} marker)")
 
 
 def _plugin_versions() -> dict[str, str]:
@@ -100,11 +175,7 @@ def read_tensors(path: str | Path) -> dict[str, Tensor]:
 
 
 def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+    path = resolve_model_file(path)
     with path.open("rb") as fh:
         head = fh.read(9)  # safetensors: u64 header length, then the JSON header's "{"
     if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
@@ -146,12 +217,15 @@ def load_state(model: nn.Module, path: str | Path) -> nn.Module:
 def load(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
     """Rebuild the model saved at ``path`` from its own spec and load its weights.
 
+    ``path`` is a model file, a checkpoint folder or a run folder: a finished run's final
+    model, else an unfinished run's newest complete checkpoint (:func:`resolve_model_file`).
     Kernels are selected again for the hardware here; the saved choice is honoured only
     if the spec forced it.
     """
     from mmcore.builder import build
     from mmcore.spec import load_spec
 
+    path = resolve_model_file(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mmcore checkpoint (format "

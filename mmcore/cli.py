@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a spec's model on its data. DIR receives checkpoints, metrics (metrics.jsonl,
     metrics.csv, loss.png), the spec and the final model.safetensors."""
     from mmcore.parallel import launch_rank
-    from mmcore.train import train
+    from mmcore.training import train
 
     spec = _train_overrides(_load_spec(args.spec), args)
     checkpoint = train(spec, Path(args.out), resume=args.resume, steps=args.steps,

@@ -59,17 +59,13 @@ def evaluate(model_or_checkpoint: Any, task: Task, *, dataset: Dataset | None = 
 def resolve_model(source: Any, device: str | None = None) -> Any:
     """A model as is (moved to ``device`` if given), or loaded from a file or folder.
 
-    A run folder without a final ``model.safetensors`` uses its newest complete checkpoint."""
+    A run folder without a final ``model.safetensors`` uses its newest complete checkpoint
+    (:func:`mmcore.checkpoint.resolve_model_file`)."""
     if isinstance(source, torch.nn.Module):
         return source.to(device) if device else source
     from mmcore.checkpoint import load
-    from mmcore.train import latest_checkpoint
 
-    path = Path(source)
-    if path.is_dir() and not (path / "model.safetensors").is_file():
-        newest = latest_checkpoint(path)
-        path = newest if newest is not None else path
-    return load(path, device=device or "cpu")
+    return load(Path(source), device=device or "cpu")
 
 
 def contrastive_pair(model: Any) -> tuple[str, str]:

@@ -1,5 +1,5 @@
-"""Scaling a training run past one process: torchrun's process group, the model wrapped in
-DDP or FSDP2, activation checkpointing for encoders, and frozen parts.
+"""Scaling a training run past one process: torchrun's process group and the model wrapped
+in DDP or FSDP2 (frozen parts and activation checkpointing: :mod:`mmcore.training.parts`).
 
 The wrapped module is :class:`LossModule`, whose ``forward(batch)`` is the model's
 ``loss``: DDP and FSDP act only inside a wrapped forward, and objectives (which own
@@ -19,13 +19,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import wraps
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from mmcore.distributed import is_initialized, world_size
 from mmcore.errors import MMCoreError
@@ -39,7 +37,6 @@ class ParallelError(MMCoreError):
 
 #: torchrun sets this in a worker it restarted (``--max-restarts``); 0 on the first start
 RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
-_CHECKPOINTED = "_mmcore_checkpointed"
 
 
 # --- the process group ------------------------------------------------------------------
@@ -109,60 +106,6 @@ def resolve_strategy(requested: str, world: int) -> Strategy:
     if world <= 1:
         return "single"
     return "fsdp" if requested == "fsdp" else "ddp"
-
-
-# --- frozen parts and activation checkpointing -----------------------------------------
-
-
-def freeze(model: Any, paths: Sequence[str]) -> list[str]:
-    """Stop training the parts at ``paths`` (``ModelSpec.module_paths``); returns the frozen
-    parameter names. Frozen parameters stay out of the optimizer, so they never change."""
-    frozen: set[int] = set()
-    for path in paths:
-        for module in model.modules_at(path):
-            for param in module.parameters():
-                param.requires_grad_(False)
-                frozen.add(id(param))
-    return [name for name, p in model.named_parameters() if id(p) in frozen]
-
-
-def _blocks(module: nn.Module) -> list[nn.Module]:
-    """The outermost elements of ``nn.ModuleList`` s inside ``module`` (its layers)."""
-    found: list[nn.Module] = []
-    for child in module.children():
-        found += list(child) if isinstance(child, nn.ModuleList) else _blocks(child)
-    return found
-
-
-def _checkpoint_forward(module: nn.Module) -> None:
-    forward = module.forward
-
-    @wraps(forward)
-    def recomputed(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-    module.forward = recomputed
-    setattr(module, _CHECKPOINTED, True)
-
-
-def checkpoint_encoders(model: Any, which: bool | Sequence[str]) -> list[str]:
-    """Recompute the activations of the chosen encoders' layers in backward instead of
-    keeping them: ``True`` for every encoder, or modality names. Each layer (an element of
-    an ``nn.ModuleList`` in the encoder; the whole encoder when it has none) keeps only its
-    input. Parameter names do not change, so checkpoints load either way. Returns the
-    checkpointed module names."""
-    encoders: Mapping[str, nn.Module] = model.encoders
-    names = list(encoders) if which is True else list(which or [])
-    done: list[str] = []
-    for name in names:
-        encoder = encoders[name]
-        for block in _blocks(encoder) or [encoder]:
-            if not getattr(block, _CHECKPOINTED, False):
-                _checkpoint_forward(block)
-        done.append(f"encoders.{name}")
-    return done
 
 
 # --- the wrapped model ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mmcore.cli import main
 from mmcore.data import open_dataset, spec_dataset
 from mmcore.evaluate import evaluate
 from mmcore.spec import ComponentRef
-from mmcore.train import read_metrics, train
+from mmcore.training import read_metrics, train
 from mmcore_clap.sounds import pitch, rhythm
 
 RATE = 8000

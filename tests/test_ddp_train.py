@@ -32,12 +32,12 @@ from mmcore.checkpoint import read_tensors
 from mmcore.data import Collator, ResumableSampler, StepBatches, spec_dataset
 from mmcore.errors import SpecError
 from mmcore.model import MultimodalModel
-from mmcore.parallel import checkpoint_encoders
 from mmcore.spec import ModelSpec
-from mmcore.train import (
+from mmcore.training import (
     TrainingError,
-    _make_run,
+    checkpoint_encoders,
     latest_checkpoint,
+    make_run,
     read_metrics,
     seed_everything,
     train,
@@ -126,7 +126,8 @@ SCRIPT = textwrap.dedent('''
     import yaml
 
     import mmcore
-    import mmcore.train as train_module
+    import mmcore.training.data as training_data
+    import mmcore.training.loop as train_module
     from mmcore.data import Collator, spec_dataset
     from mmcore.model import MultimodalModel
     from mmcore.parallel import ParallelError
@@ -208,7 +209,7 @@ SCRIPT = textwrap.dedent('''
 
     three = load("three.yaml")
     data = WithSketch(spec_dataset(three))
-    train_module.Collator = SometimesNoSketch
+    training_data.Collator = SometimesNoSketch
     train_module.train(three, out / "three", progress=False, dataset=data)
     everyone = [None, None]
     dist.all_gather_object(everyone, presence)
@@ -221,7 +222,7 @@ SCRIPT = textwrap.dedent('''
         train_module.train(fsdp_three, out / "three-fsdp", progress=False, dataset=data)
     except ParallelError as exc:
         results["fsdp_absent_modality"] = str(exc)
-    train_module.Collator = Collator
+    training_data.Collator = Collator
     if rank == 0:
         (out / "results.json").write_text(json.dumps(results))
     dist.barrier()
@@ -346,7 +347,7 @@ def _double(x: Any) -> Any:
 def _gradients(spec: ModelSpec, micro: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
     seed_everything(0)
     model = mmcore.build(spec).double()
-    run = _make_run(spec, tmp, model, spec_dataset(spec), total=4, device="cpu")
+    run = make_run(spec, tmp, model, spec_dataset(spec), total=4, device="cpu")
     train_step(run, micro)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -19,7 +19,7 @@ from mmcore.evaluate import (
     contrastive_pair,
     evaluate,
 )
-from mmcore.train import train
+from mmcore.training import train
 
 
 def tiny_clip(**train_params: Any) -> Any:

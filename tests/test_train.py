@@ -20,7 +20,7 @@ from mmcore.model import MultimodalModel
 from mmcore.plot import nice_ticks, plot_loss
 from mmcore.progress import Progress, format_duration
 from mmcore.spec import ModelSpec
-from mmcore.train import (
+from mmcore.training import (
     COMPLETE,
     TrainingError,
     latest_checkpoint,
@@ -58,7 +58,7 @@ def perceiver_spec() -> ModelSpec:
 
 
 def _count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    import mmcore.train as train_module
+    import mmcore.training.loop as train_module
 
     calls: list[int] = []
     original = train_module.train_step

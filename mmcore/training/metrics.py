@@ -1,0 +1,136 @@
+"""Metric rows: the running window between log rows, ``metrics.jsonl`` (one JSON row per
+log step), TensorBoard, and the reports drawn from them (``metrics.csv``, ``loss.png``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmcore.checkpoint import write_text
+from mmcore.distributed import is_main
+from mmcore.training.state import Run
+
+METRICS = "metrics.jsonl"
+
+
+class Window:
+    """Running means of the step terms between two log rows."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self.latest: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def add(self, terms: Mapping[str, float], samples: int) -> None:
+        """Add one step's scalar terms, made from ``samples`` samples."""
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.latest = dict(terms)
+        self.samples += samples
+
+    def last(self, key: str) -> float:
+        """The latest step's value of ``key`` (nan when it had none)."""
+        return self.latest.get(key, float("nan"))
+
+    def row(self, run: Run) -> dict[str, Any]:
+        """The log row of this window; adds its time to ``run.elapsed``."""
+        seconds = time.perf_counter() - self.started
+        run.elapsed += seconds
+        means = {k: v / self.counts[k] for k, v in self.sums.items()}
+        means["lr"] = self.latest.get("lr", float("nan"))
+        row = {"step": run.step, **means,
+               "samples_per_s": self.samples / seconds if seconds > 0 else 0.0,
+               "epoch": run.epoch_progress(), "elapsed_s": run.elapsed}
+        if run.cfg.nonfinite == "skip" or run.skipped:
+            row["skipped_steps"] = run.skipped
+        return row
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` (an unreadable trailing line is skipped)."""
+    path = Path(out_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def log_row(run: Run, row: dict[str, Any]) -> None:
+    """Keep ``row``; rank 0 appends it to ``metrics.jsonl`` and TensorBoard."""
+    run.metrics.append(row)
+    if not is_main():
+        return
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    with (run.out_dir / METRICS).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    if run.writer is not None:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float):
+                run.writer.add_scalar(f"train/{key}", value, row["step"])
+        run.writer.flush()
+
+
+def rewrite_metrics(run: Run) -> None:
+    """Replace ``metrics.jsonl`` with ``run.metrics`` (a resume drops later rows)."""
+    write_text(run.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in run.metrics))
+
+
+def metrics_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as CSV; the columns are every key, in order of first appearance."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_reports(run: Run) -> None:
+    """``metrics.csv`` and ``loss.png`` from the metric rows so far."""
+    from mmcore.plot import plot_loss
+
+    write_text(run.out_dir / "metrics.csv", metrics_csv(run.metrics))
+    if run.metrics:
+        try:
+            plot_loss(run.metrics, run.out_dir / "loss.png", title=f"{run.spec.name}: loss")
+        except OSError as exc:  # a plot must never stop training
+            warnings.warn(f"could not draw loss.png: {exc}", stacklevel=2)
+
+
+def write_spec(run: Run) -> None:
+    """``spec.yaml``: the run's spec, with the schedule length it trains for."""
+    import yaml
+
+    data = run.spec.to_dict()
+    data["train"]["steps"] = run.total
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run.out_dir / "spec.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def open_tensorboard(out_dir: Path) -> Any:
+    """A SummaryWriter into ``out_dir/tensorboard``, or None (with a warning) when the
+    ``tensorboard`` package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("train.tensorboard is on but the tensorboard package is not installed "
+                      "(pip install tensorboard); metrics go to metrics.jsonl and metrics.csv "
+                      "only", stacklevel=2)
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))

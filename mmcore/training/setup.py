@@ -1,0 +1,105 @@
+"""Opening a run: a fresh one (seeded, built, parts frozen) or one resumed from the newest
+complete checkpoint, wrapped for this world (DDP/FSDP) with its optimizer and scaler."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcore.checkpoint import CHECKPOINTS, MODEL_FILE, latest_checkpoint, load_state
+from mmcore.data import TrainData, spec_train_data
+from mmcore.distributed import barrier, is_main, rank, world_size
+from mmcore.parallel import Parallel, resolve_strategy
+from mmcore.spec import ModelSpec
+from mmcore.training.checkpoints import read_state, restore_run
+from mmcore.training.data import steps_per_epoch
+from mmcore.training.metrics import METRICS, open_tensorboard
+from mmcore.training.optim import make_optimizer
+from mmcore.training.parts import checkpoint_encoders, freeze
+from mmcore.training.rng import rank_seed, seed_everything
+from mmcore.training.state import Run, TrainingError
+
+#: what ``overwrite`` deletes from an earlier run besides its checkpoints
+_RUN_FILES = (METRICS, "metrics.csv", "loss.png", MODEL_FILE, "spec.yaml")
+
+
+def open_run(spec: ModelSpec, out_dir: Path, *, resume: bool, steps: int | None,
+             device: str, dataset: TrainData | None, overwrite: bool) -> Run:
+    """The run to train in ``out_dir``: resumed from its newest complete checkpoint when
+    ``resume``, else fresh (an earlier run there is an error unless ``overwrite``)."""
+    latest = latest_checkpoint(out_dir)
+    barrier()  # every rank has looked before rank 0 may clear the folder
+    if latest is not None and not resume:
+        if not overwrite:
+            raise TrainingError(f"{out_dir} already holds a run (checkpoint {latest.name}); "
+                                "resume it (--resume), overwrite it, or choose another folder")
+        if is_main():
+            _clear_run(out_dir)
+        barrier()
+        latest = None
+    data = dataset if dataset is not None else spec_train_data(spec, "train")
+    if latest is None:
+        return _fresh_run(spec, out_dir, steps, device, data)
+    return _resumed_run(spec, out_dir, latest, steps, device, data)
+
+
+def _clear_run(out_dir: Path) -> None:
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    for name in _RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _prepare_model(spec: ModelSpec, device: str) -> Any:
+    """Build the model, freeze the parts ``train.freeze`` names and checkpoint the
+    activations of the encoders ``train.activation_checkpointing`` names."""
+    from mmcore.builder import build
+
+    model = build(spec, device=device)
+    freeze(model, spec.train.freeze)
+    if spec.train.activation_checkpointing:
+        checkpoint_encoders(model, spec.train.activation_checkpointing)
+    return model
+
+
+def _fresh_run(spec: ModelSpec, out_dir: Path, steps: int | None, device: str,
+               dataset: TrainData) -> Run:
+    seed_everything(spec.train.seed)
+    model = _prepare_model(spec, device)
+    if is_main():
+        (out_dir / METRICS).unlink(missing_ok=True)
+    return make_run(spec, out_dir, model, dataset, steps or spec.train.steps, device)
+
+
+def make_run(spec: ModelSpec, out_dir: Path, model: Any, dataset: TrainData, total: int,
+             device: str) -> Run:
+    """Wrap the model for this world (DDP/FSDP), make the optimizer, scaler and writer,
+    and seed this rank's RNGs."""
+    cfg = spec.train
+    world = world_size()
+    if cfg.batch_size % (world * cfg.grad_accum_steps):
+        raise TrainingError(f"batch_size {cfg.batch_size} (the whole step's batch) does not "
+                            f"divide into {world} rank(s) x {cfg.grad_accum_steps} "
+                            "micro-batch(es); change batch_size or grad_accum_steps")
+    strategy = resolve_strategy(cfg.strategy, world)
+    parallel = Parallel(model, strategy=strategy, device=device,
+                        find_unused_parameters=cfg.find_unused_parameters)
+    scaler = (torch.amp.GradScaler(torch.device(device).type)
+              if cfg.precision == "fp16" else None)
+    seed_everything(rank_seed(cfg.seed, rank()))
+    return Run(spec, out_dir, model, parallel, make_optimizer(model, cfg), dataset,
+               total=total, device=device, scaler=scaler,
+               steps_per_epoch=steps_per_epoch(cfg, dataset),
+               writer=open_tensorboard(out_dir) if cfg.tensorboard and is_main() else None)
+
+
+def _resumed_run(spec: ModelSpec, out_dir: Path, checkpoint: Path, steps: int | None,
+                 device: str, dataset: TrainData) -> Run:
+    state = read_state(checkpoint)
+    model = load_state(_prepare_model(spec, device), checkpoint / MODEL_FILE)
+    run = make_run(spec, out_dir, model, dataset, steps or state["total_steps"], device)
+    restore_run(run, checkpoint, state)
+    return run
