@@ -73,7 +73,8 @@ def save(model: torch.nn.Module, path: str | Path) -> Path:
 
 
 def load(path: str | Path, *, device: str | torch.device = "cpu") -> MultimodalModel:
-    """Rebuild and load a model saved with :func:`save` (or a training run's folder)."""
+    """Rebuild and load a model saved with :func:`save`, or a run folder: the final model of
+    a finished run, else the newest complete checkpoint of an unfinished one."""
     from mmcore.checkpoint import load as _load
 
     model: MultimodalModel = _load(path, device=device)

@@ -213,6 +213,58 @@ def test_missing_file(tmp_path: Path) -> None:
         mmcore.load(tmp_path / "absent.safetensors")
 
 
+# -- run folders ---------------------------------------------------------------------------
+
+
+def _run_spec() -> Any:
+    from tiny_specs import DATA, IMAGE, TEXT
+
+    return mmcore.load_spec({
+        "name": "run-folder", "modalities": {"image": IMAGE, "text": TEXT},
+        "fusion": {"type": "late", "embed_dim": 8, "pooling": {"image": "cls", "text": "eot"}},
+        "objectives": {"clip": {"type": "contrastive", "pairs": [["image", "text"]]}},
+        "data": DATA, "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1,
+                                "log_every": 1, "checkpoint_every": 1}})
+
+
+def _assert_weights(model: MultimodalModel, path: Path) -> None:
+    expected = checkpoint.read_tensors(path)
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_load_takes_the_newest_complete_checkpoint_of_an_unfinished_run(tmp_path: Path) -> None:
+    from mmcore.training import train
+
+    run = tmp_path / "run"
+    returned = train(_run_spec(), run, progress=False, stop_after=3)
+    newest = checkpoint.checkpoint_dir(run, 3)
+    assert returned == newest / "model.safetensors"
+    assert not (run / "model.safetensors").exists()
+    (run / "checkpoints" / "step-000004").mkdir()  # half-written: no COMPLETE marker
+    assert checkpoint.resolve_model_file(run) == returned
+    _assert_weights(mmcore.load(run), returned)
+    _assert_weights(checkpoint.load(run), returned)
+    first = checkpoint.checkpoint_dir(run, 1)
+    assert not torch.equal(checkpoint.read_tensors(first)["fusion.projections.image.weight"],
+                           checkpoint.read_tensors(returned)["fusion.projections.image.weight"])
+    final = train(_run_spec(), run, progress=False, resume=True)  # finished: the final model
+    assert final == run / "model.safetensors"
+    assert checkpoint.resolve_model_file(run) == final
+    _assert_weights(mmcore.load(run), final)
+
+
+def test_load_from_an_empty_folder_names_what_it_looked_for(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "checkpoints" / "step-000002").mkdir(parents=True)  # never completed
+    with pytest.raises(CheckpointError, match=r"holds no model: looked for model\.safetensors "
+                       r"and for a complete checkpoint checkpoints/step-N/") as err:
+        mmcore.load(empty)
+    assert str(empty) in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
 # -- atomic writes ------------------------------------------------------------------------
 
 
