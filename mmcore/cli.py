@@ -21,24 +21,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmcore import listing
 from mmcore._version import __version__
 from mmcore.commands import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    Command,
     UsageError,
     add_json_flag,
+    add_plugin_commands,
     positive_int,
     print_json,
 )
-from mmcore.errors import MMCoreError, SpecError, suggest
+from mmcore.errors import MMCoreError, SpecError
 from mmcore.registry import KINDS
 from mmcore.report import flatten, format_summary, format_table
 from mmcore.report import number as _number
 
 if TYPE_CHECKING:
-    from mmcore.plugins import PluginInfo
     from mmcore.spec import ModelSpec
 
 DEBUG_ENV = "MMCORE_DEBUG"
@@ -54,91 +54,35 @@ def _load_spec(source: str) -> ModelSpec:
     return mmcore.load_spec(source)
 
 
-def _normalise_kind(kind: str | None, kinds: Sequence[str]) -> str | None:
-    """``kind`` as the registry spells it (plurals accepted), or UsageError with a hint."""
-    if kind is None or kind in kinds:
-        return kind
-    if kind.removesuffix("s") in kinds:
-        return kind.removesuffix("s")
-    hint = suggest(kind, kinds)
-    raise UsageError(f"unknown kind {kind!r}.{hint} Kinds: {', '.join(kinds)}")
-
-
-def _glob(pattern: str) -> str:
-    """A pattern without wildcards matches as a substring."""
-    return pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
-
-
-def _grouped(registered: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    """(kind, name) pairs -> kind: names, in registration order."""
-    groups: dict[str, list[str]] = {}
-    for kind, name in registered:
-        groups.setdefault(kind, []).append(name)
-    return groups
-
-
 # ----------------------------------------------------------------------------- commands
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    """List every plugin, where it came from, whether it loaded and what it registers."""
-    from mmcore.plugins import plugin_infos
-
-    infos = plugin_infos()
-    if args.json:
-        print_json([info.as_dict() for info in infos])
-        return EXIT_OK
-    for info in infos:
-        print(_plugin_heading(info))
-        for kind, names in _grouped(info.registered).items():
-            print(f"    {kind}: {', '.join(names)}")
-    return EXIT_OK
-
-
-def _plugin_heading(info: PluginInfo) -> str:
-    status = info.status + (f": {info.error}" if info.error else "")
-    return f"{info.name} {info.version} ({info.source}) {status}"
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    """List registered names of one kind (or all), with the plugin that owns each."""
-    from mmcore.plugins import get_registry
-
-    registry = get_registry()
-    kind = _normalise_kind(args.kind, registry.kinds())
-    entries = registry.list(kind, _glob(args.pattern))
-    if args.json:
-        print_json([entry.describe() for entry in entries])
-        return EXIT_OK
-    if not entries:
-        print(f"no {kind or 'component'} matches {args.pattern!r}", file=sys.stderr)
-        return EXIT_OK
-    columns = ["kind", "name", "plugin", "summary"] + (["location"] if args.long else [])
-    print(format_table(columns, [[getattr(e, c) for c in columns] for e in entries]))
-    return EXIT_OK
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Load and fully validate each spec (a meta-device build: nothing is allocated)."""
+    """Fully validate each spec: params, training options, neighbouring components, the
+    data's first item and a meta-device build (nothing large is allocated)."""
     code = EXIT_OK
     for source in args.specs:
-        try:
-            name, total = _validate_one(source)
-        except SpecError as exc:
-            report_error(exc)
+        if not _validate_one(source, data=not args.no_data, strict=args.strict):
             code = EXIT_USAGE
-            continue
-        print(f"ok: {name} ({total:,} parameters)")
     return code
 
 
-def _validate_one(source: str) -> tuple[str, int]:
-    from mmcore.builder import build
-    from mmcore.summary import count_parameters
+def _validate_one(source: str, *, data: bool = True, strict: bool = False) -> bool:
+    """Print one spec's problems (``error:``), warnings and notes, or ``ok: NAME (N
+    parameters)``; True when it is valid (``strict``: and has no warnings)."""
+    from mmcore.validation import validate_source
 
-    spec = _load_spec(source)
-    total, _ = count_parameters(build(spec, device="meta"))
-    return spec.name, total
+    report = validate_source(source, data=data)
+    errors = report.errors + (report.warnings if strict else [])
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if errors:
+        report_error(SpecError(errors, report.source or report.name))
+        return False
+    for issue in report.warnings:
+        print(f"warning: {issue}", file=sys.stderr)
+    print(f"ok: {report.name} ({report.parameters or 0:,} parameters)")
+    return True
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -154,37 +98,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print_json(summary.as_dict())
     else:
         print(format_summary(summary))
-    return EXIT_OK
-
-
-def cmd_describe(args: argparse.Namespace) -> int:
-    """Show every parameter a registered type takes (type, default, constraint, comment),
-    read from its plugin's config, with its summary, plugin and file:line. Give the kind
-    first when a name is registered under several kinds (e.g. 'fusion late')."""
-    from mmcore.describe import describe, find_entry, format_description
-    from mmcore.plugins import get_registry
-
-    info = describe(find_entry(get_registry(), args.names))
-    if args.json:
-        print_json(info)
-    else:
-        print(format_description(info))
-    return EXIT_OK
-
-
-def cmd_kernels(args: argparse.Namespace) -> int:
-    """Show which implementation of each op this hardware gets, and why."""
-    from mmcore.kernels import detect_hardware, explain
-
-    hardware = detect_hardware(args.device)
-    rows = explain(hardware)
-    if args.json:
-        print_json({"hardware": hardware.describe(), "device": hardware.device,
-                    "kernels": rows})
-        return EXIT_OK
-    print(f"hardware: {hardware.describe()}")
-    columns = ["op", "candidate", "status", "reason"]
-    print(format_table(columns, [[row[c] for c in columns] for row in rows]))
     return EXIT_OK
 
 
@@ -349,12 +262,14 @@ def _command(sub: Any, name: str, func: Callable[[argparse.Namespace], int],
 
 
 def _add_inspection_commands(sub: Any) -> None:
-    p = _command(sub, "plugins", cmd_plugins, "list plugins, their status and registrations",
+    p = _command(sub, "plugins", listing.cmd_plugins,
+                 "list plugins, their status and registrations",
                  "Plugins come from registry.yaml (builtin) and the 'mmcore.plugins' entry-point\n"
                  "group; MMCORE_PLUGINS_ALLOW / MMCORE_PLUGINS_BLOCK (comma-separated globs)\n"
                  "choose which load.")
     add_json_flag(p)
-    p = _command(sub, "list", cmd_list, "list registered components, optionally of one kind",
+    p = _command(sub, "list", listing.cmd_list,
+                 "list registered components, optionally of one kind",
                  f"kinds: {', '.join(KINDS)}")
     p.add_argument("kind", nargs="?", metavar="KIND",
                    help="one kind of component (plural forms work too)")
@@ -362,13 +277,14 @@ def _add_inspection_commands(sub: Any) -> None:
                    help="glob on the name; without wildcards it matches a substring")
     p.add_argument("-l", "--long", action="store_true", help="also show file:line of each")
     add_json_flag(p)
-    p = _command(sub, "describe", cmd_describe, "the parameters a registered type takes",
+    p = _command(sub, "describe", listing.cmd_describe, "the parameters a registered type takes",
                  "examples:\n  mmcore describe cross-attention\n"
                  "  mmcore describe fusion late --json")
     p.add_argument("names", nargs="+", metavar="[KIND] NAME",
                    help="a registered name, optionally after its kind")
     add_json_flag(p)
-    p = _command(sub, "kernels", cmd_kernels, "show the kernel chosen for each op here, and why",
+    p = _command(sub, "kernels", listing.cmd_kernels,
+                 "show the kernel chosen for each op here, and why",
                  "MMCORE_KERNEL_<OP>=<candidate> (e.g. MMCORE_KERNEL_ATTENTION=reference) forces "
                  "a choice.")
     p.add_argument("--device", default=None,
@@ -381,6 +297,10 @@ def _add_spec_commands(sub: Any) -> None:
                  "Prints 'ok: NAME (N parameters)' per spec, or every problem with its key path\n"
                  "and YAML line. Exit code 2 if any spec is invalid.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="a YAML file or a preset name")
+    p.add_argument("--no-data", action="store_true",
+                   help="do not read the dataset's first item (remote or large data)")
+    p.add_argument("--strict", action="store_true",
+                   help="treat warnings (e.g. parameters no objective reaches) as errors")
     p = _command(sub, "inspect", cmd_inspect,
                  "parameters, FLOPs, memory and attention cost per component",
                  "Costs are analytic (2 FLOPs per multiply-add, per sample); the model is also\n"
@@ -460,53 +380,6 @@ def _add_convert_commands(sub: Any) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="an mmcore checkpoint or run folder")
     p.add_argument("--format", required=True, help="converter name (mmcore list converter)")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write")
-def _plugin_commands() -> list[Command]:
-    """Every command the plugins register (none, with a warning, if they cannot load)."""
-    from mmcore.plugins import get_registry
-
-    try:
-        registry = get_registry()
-    except MMCoreError as exc:
-        warnings.warn(f"no plugin commands: {exc}", stacklevel=2)
-        return []
-    return [entry.factory() for entry in registry.list("command")]
-
-
-def _add_plugin_command(sub: Any, command: Command) -> bool:
-    """Add one plugin's verb; False, with a warning naming the plugin, if it cannot be."""
-    from mmcore.plugins import PluginWarning
-
-    problem = "it clashes with a core command" if command.name in sub.choices else ""
-    if not problem:
-        try:
-            parser = sub.add_parser(command.name, description=command.description,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-            parser.set_defaults(func=command.run)
-            command.add_arguments(parser)
-        except Exception as exc:  # a broken plugin command must not break the others
-            del sub.choices[command.name]
-            problem = f"{type(exc).__name__}: {exc}"
-    if problem:
-        warnings.warn(f"mmcore plugin {command.plugin!r}: command {command.name!r} is left "
-                      f"out: {problem}", PluginWarning, stacklevel=2)
-    return not problem
-
-
-def _plugin_epilog(sub: Any) -> str:
-    """Plugin commands grouped by the plugin that owns each, for ``mmcore --help``."""
-    sections: dict[str, list[str]] = {}
-    for command in _plugin_commands():
-        if _add_plugin_command(sub, command):
-            sections.setdefault(command.plugin, []).append(
-                f"    {command.name:<20} {command.summary}".rstrip())
-    if not sections:
-        return ""
-    lines = ["commands from plugins:"]
-    for plugin, commands in sections.items():
-        lines += [f"  {plugin}:", *commands]
-    return "\n".join(lines) + "\n\n"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmcore`` argument parser: the core commands, then the plugins' commands."""
     parser = argparse.ArgumentParser(
@@ -520,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_commands(sub)
     _add_run_commands(sub)
     _add_convert_commands(sub)
-    parser.epilog = _plugin_epilog(sub) + _EXAMPLES
+    parser.epilog = add_plugin_commands(sub) + _EXAMPLES
     return parser
 
 

@@ -13,7 +13,9 @@ returns the exit code. Errors mmcore raises on purpose (:class:`mmcore.errors.MM
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ class Command:
     @property
     def description(self) -> str:
         """The help text: ``run``'s docstring, else the summary."""
-        return (self.run.__doc__ or "").strip() or self.summary
+        return inspect.cleandoc(self.run.__doc__ or "") or self.summary
 
 
 def print_json(data: Any) -> None:
@@ -94,3 +96,52 @@ def load_any_model(source: str | Path) -> Any:
             raise CheckpointError(f"{path} is neither an mmcore checkpoint nor a folder a "
                                   "converter recognises (mmcore list converter)") from None
     return import_model(path, fmt)
+
+
+def _plugin_commands() -> list[Command]:
+    """Every command the plugins register (none, with a warning, if they cannot load)."""
+    from mmcore.plugins import get_registry
+
+    try:
+        registry = get_registry()
+    except MMCoreError as exc:
+        warnings.warn(f"no plugin commands: {exc}", stacklevel=2)
+        return []
+    return [entry.factory() for entry in registry.list("command")]
+
+
+def _add_plugin_command(sub: Any, command: Command) -> bool:
+    """Add one plugin's verb; False, with a warning naming the plugin, if it cannot be."""
+    from mmcore.plugins import PluginWarning
+
+    problem = "it clashes with a core command" if command.name in sub.choices else ""
+    if not problem:
+        try:
+            parser = sub.add_parser(command.name, description=command.description,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+            parser.set_defaults(func=command.run)
+            command.add_arguments(parser)
+        except Exception as exc:  # a broken plugin command must not break the others
+            del sub.choices[command.name]
+            problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        warnings.warn(f"mmcore plugin {command.plugin!r}: command {command.name!r} is left "
+                      f"out: {problem}", PluginWarning, stacklevel=2)
+    return not problem
+
+
+def add_plugin_commands(sub: Any) -> str:
+    """Add every plugin's command to the subparsers ``sub``; returns them grouped by the
+    plugin that owns each, for the ``mmcore --help`` epilog. A command that clashes with
+    one already there or fails to add its arguments is left out with a warning."""
+    sections: dict[str, list[str]] = {}
+    for command in _plugin_commands():
+        if _add_plugin_command(sub, command):
+            sections.setdefault(command.plugin, []).append(
+                f"    {command.name:<20} {command.summary}".rstrip())
+    if not sections:
+        return ""
+    lines = ["commands from plugins:"]
+    for plugin, commands in sections.items():
+        lines += [f"  {plugin}:", *commands]
+    return "\n".join(lines) + "\n\n"

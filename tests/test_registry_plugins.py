@@ -275,3 +275,100 @@ def test_two_plugins_with_one_name(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RegistryError, match="two plugins are both called 'mmcore_image'"):
         plugins.load_plugins()
 
+
+
+# -- robustness: one plugin's mistakes stay with that plugin --------------------------------
+
+
+def test_a_name_registered_twice_inside_one_plugin_disables_only_that_plugin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clumsy = _plugin_module("fake_clumsy", ["twice", "once", "twice"])
+    fine = _plugin_module("fake_fine", ["fine-encoder"])
+    _only(monkeypatch, _candidate("fake-clumsy", lambda: clumsy),
+          _candidate("fake-fine", lambda: fine))
+    with pytest.warns(PluginWarning, match=r"'fake-clumsy' could not be loaded: RegistryError: "
+                                           r"it registers encoder 'twice' twice"):
+        registry, infos = plugins.load_plugins()
+    status = {i.name: i.status for i in infos}
+    assert status["fake-clumsy"] == "failed" and status["fake-fine"] == "loaded"
+    assert registry.find("once") == [] and registry.find("twice") == []
+    assert registry.get("encoder", "fine-encoder").plugin == "fake-fine"
+    assert _loaded(infos) >= FIRST_PARTY
+
+
+def test_unknown_name_of_a_blocked_plugin_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmcore.errors import SpecError
+    from mmcore.spec import parse_spec
+
+    monkeypatch.setenv(BLOCK_ENV, "mmcore_fusions")
+    registry = plugins.reload()
+    assert registry.blocked == {"mmcore_fusions": f"{BLOCK_ENV} blocks it"}
+    with pytest.raises(RegistryError) as info:
+        registry.get("fusion", "cross-attention")
+    assert str(info.value) == ("unknown fusion 'cross-attention'. It may belong to a plugin "
+                               "that was not loaded: 'mmcore_fusions' (MMCORE_PLUGINS_BLOCK "
+                               "blocks it).")
+    spec = {"name": "x", "modalities": {"image": {
+        "preprocessor": {"type": "image", "size": 16},
+        "tokenizer": {"type": "patch-embedding", "image_size": 16, "patch_size": 8,
+                      "width": 16},
+        "encoder": {"type": "vit", "layers": 1, "heads": 2}}},
+        "fusion": {"type": "cross-attention", "query": "image", "context": "text",
+                   "layers": 1, "heads": 2}}
+    with pytest.raises(SpecError, match=r"fusion.*'mmcore_fusions' \(MMCORE_PLUGINS_BLOCK "
+                                        r"blocks it\)"):
+        parse_spec(spec, registry=registry)
+
+
+def test_allow_list_names_what_it_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOW_ENV, "mmcore_image")
+    registry = plugins.reload()
+    assert registry.blocked["mmcore_text"] == f"{ALLOW_ENV} does not list it"
+    with pytest.raises(RegistryError, match=r"'mmcore_text', .*\(MMCORE_PLUGINS_ALLOW does "
+                                            r"not list it\)"):
+        registry.get("encoder", "text-transformer")
+
+
+# -- presets, the manifest and the kinds ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_first_party_presets_are_registered_by_the_plugin_holding_the_spec() -> None:
+    presets = plugins.get_registry().list("preset")
+    first_party = [e for e in presets if e.plugin.startswith("mmcore_")]
+    assert {e.name for e in first_party} >= {"clip-tiny", "clip-vit-b-32", "perceiver-tiny",
+                                             "video-transformer", "fusion-compare",
+                                             "whisper-large-encoder", "audioclip-tiny"}
+    for entry in first_party:
+        path = Path(entry.location)
+        assert path.is_file() and path == Path(entry.factory())
+        assert path.parent.parent == ROOT / "plugins" / entry.plugin  # <plugin>/specs/x.yaml
+        assert entry.summary
+    specs = {p.resolve() for p in (ROOT / "plugins").glob("mmcore_*/specs/*.yaml")}
+    assert specs == {Path(e.location) for e in first_party}  # every shipped spec, once
+
+
+def test_manifest_lists_plugins_only_and_has_one_copy(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert list(plugins.read_manifest()) == ["plugins"]
+    assert plugins.manifest_path() == ROOT / "registry.yaml"
+    assert not (ROOT / "mmcore" / "registry.yaml").exists()
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"registry.yaml" = "mmcore/registry.yaml"' in pyproject  # the wheel's copy
+    old = tmp_path / "registry.yaml"
+    old.write_text("plugins: [mmcore_image]\npresets: {x: {path: a/b.yaml}}\n")
+    monkeypatch.setattr(plugins, "manifest_path", lambda: old)
+    with pytest.raises(RegistryError, match=r"registry\.yaml: the manifest holds one key, "
+                                            r"'plugins'; presets are registered by their "
+                                            r"plugins"):
+        plugins.read_manifest()
+
+
+def test_kinds_come_from_the_hookspecs() -> None:
+    from mmcore import hookspecs, registry
+
+    assert tuple(hookspecs.HOOK_KINDS.values()) == registry.KINDS
+    declared = {name for name in vars(hookspecs) if name.startswith("register_")}
+    assert declared == set(hookspecs.HOOK_KINDS)
+    assert plugins.get_registry().kinds() == registry.KINDS
