@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from mmcore.registry import ComponentConfig
-from mmcore.shards import Decoder, ShardDataset
 from mmcore_audio import decode_wav
+from mmcore_webdataset.reading import Decoder, ShardDataset
 
 SPLITS = ("train", "eval")
 IMAGE_EXTENSIONS = ["jpg", "jpeg", "png", "webp"]
@@ -61,7 +61,7 @@ def decoders() -> dict[str, Decoder]:
 
 
 class WebDataset(ShardDataset):
-    """A :class:`mmcore.shards.ShardDataset` built from a config, with ``split(name)``."""
+    """A :class:`~mmcore_webdataset.reading.ShardDataset` from a config, with ``split(name)``."""
 
     splits = SPLITS
 
