@@ -6,16 +6,21 @@ names an import path. Each component's params are checked by its plugin's config
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmcore.errors import RegistryError, SpecError, SpecIssue, suggest
 from mmcore.registry import Registry
+
+#: an Adam beta: a decay rate in [0, 1)
+_Beta = Annotated[float, Field(ge=0, lt=1)]
 
 # YAML 1.1 reads "1e-3" as a string; people mean a float.
 _FLOAT = re.compile(
@@ -148,15 +153,16 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     steps: int = Field(1000, gt=0)
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.1, ge=0, allow_inf_nan=False)
+    betas: tuple[_Beta, _Beta] = (0.9, 0.98)
+    #: must not exceed ``steps`` when given (checked by :mod:`mmcore.validation`)
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(200, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
     #: under torchrun: ddp, fsdp (FSDP2 fully_shard) or auto (ddp); one process ignores it
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
@@ -287,8 +293,10 @@ def check_components(spec: ModelSpec, registry: Registry,
     for path, kind, ref in spec.components():
         issues += _check_ref(path, kind, ref, registry, lines)
     for name, oref in spec.objectives.items():
-        if oref.weight < 0:
-            issues.append(SpecIssue(f"objectives.{name}.weight", "must be >= 0",
+        if not (math.isfinite(oref.weight) and oref.weight >= 0):
+            message = "must be >= 0" if oref.weight < 0 else \
+                f"must be a finite number >= 0, got {oref.weight}"
+            issues.append(SpecIssue(f"objectives.{name}.weight", message,
                                     _line(f"objectives.{name}.weight", lines)))
     return issues
 
@@ -341,26 +349,66 @@ def params_of(registry: Registry, kind: str, ref: ComponentRef) -> BaseModel:
     return registry.get(kind, ref.type).config.model_validate(ref.params)
 
 
-def parse_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | None = None,
-               registry: Registry | None = None) -> ModelSpec:
-    """A mapping -> ModelSpec, with the components checked against ``registry``."""
-    lines = lines or {}
-    if not isinstance(data, Mapping):
-        raise SpecError([SpecIssue("", "a spec must be a mapping at the top level")], source)
+@dataclass
+class SpecCheck:
+    """What reading a spec found: the spec (None where its structure is too broken to
+    model) and every problem so far. ``partial``: top-level keys with problems (say
+    ``train``) were left out of ``spec`` so the rest can still be cross-checked."""
+
+    spec: ModelSpec | None
+    issues: list[SpecIssue] = field(default_factory=list)
+    source: str | None = None
+    partial: bool = False
+
+    def raise_issues(self) -> ModelSpec:
+        """The spec, or SpecError listing every issue."""
+        if self.issues or self.spec is None:
+            raise SpecError(self.issues, self.source)
+        return self.spec
+
+
+def _registry(registry: Registry | None) -> Registry:
     if registry is None:
         from mmcore.plugins import get_registry
 
-        registry = get_registry()
+        return get_registry()
+    return registry
+
+
+def check_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | None = None,
+               registry: Registry | None = None) -> SpecCheck:
+    """A mapping -> :class:`SpecCheck`: the structure and every component's params are
+    checked; problems are collected, never raised."""
+    lines = lines or {}
+    if not isinstance(data, Mapping):
+        return SpecCheck(None, [SpecIssue("", "a spec must be a mapping at the top level")],
+                         source)
+    registry = _registry(registry)
     try:
         spec = ModelSpec.model_validate(data)
     except ValidationError as exc:
         issues = _pydantic_issues(exc, "", lines)
         issues += _unchecked_component_issues(data, registry, lines, issues)
-        raise SpecError(issues, source) from None
-    issues = check_components(spec, registry, lines)
-    if issues:
-        raise SpecError(issues, source)
-    return spec
+        return SpecCheck(_partial_spec(data, issues), issues, source, partial=True)
+    return SpecCheck(spec, check_components(spec, registry, lines), source)
+
+
+def _partial_spec(data: Mapping[str, Any], issues: list[SpecIssue]) -> ModelSpec | None:
+    """``data`` without the optional top-level keys that have issues, if the rest is valid."""
+    bad = {i.path.split(".")[0] for i in issues}
+    optional = {name for name, f in ModelSpec.model_fields.items() if not f.is_required()}
+    if not bad <= optional:
+        return None
+    try:
+        return ModelSpec.model_validate({k: v for k, v in data.items() if k not in bad})
+    except ValidationError:
+        return None
+
+
+def parse_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | None = None,
+               registry: Registry | None = None) -> ModelSpec:
+    """A mapping -> ModelSpec, with the components checked against ``registry``."""
+    return check_spec(data, lines, source, registry).raise_issues()
 
 
 def resolve_source(source: str | Path, registry: Registry) -> tuple[str, str]:
@@ -385,18 +433,25 @@ def resolve_source(source: str | Path, registry: Registry) -> tuple[str, str]:
     return Path(target).read_text(encoding="utf-8"), f"preset {name}"
 
 
+def read_spec(source: str | Path | Mapping[str, Any],
+              registry: Registry | None = None) -> SpecCheck:
+    """Like :func:`load_spec`, but every problem is collected in a :class:`SpecCheck`
+    (with the spec, where its structure allows) instead of raised."""
+    registry = _registry(registry)
+    if isinstance(source, Mapping):
+        return check_spec(dict(source), registry=registry)
+    try:
+        text, name = resolve_source(source, registry)
+        data, lines = parse_yaml(text, name)
+    except SpecError as exc:
+        return SpecCheck(None, exc.issues, exc.source)
+    return check_spec(data, lines, name, registry)
+
+
 def load_spec(source: str | Path | Mapping[str, Any],
               registry: Registry | None = None) -> ModelSpec:
     """Load and validate a spec from a YAML path, a preset name or a mapping.
 
     Raises :class:`SpecError` listing every problem, each with its key path and line.
     """
-    if registry is None:
-        from mmcore.plugins import get_registry
-
-        registry = get_registry()
-    if isinstance(source, Mapping):
-        return parse_spec(dict(source), registry=registry)
-    text, name = resolve_source(source, registry)
-    data, lines = parse_yaml(text, name)
-    return parse_spec(data, lines, name, registry)
+    return read_spec(source, registry).raise_issues()

@@ -54,6 +54,11 @@ class AudioPreprocessor:
 
     def __init__(self, cfg: AudioPreprocessConfig) -> None:
         self.cfg = cfg
+        # what it emits (validation compares them with the tokenizer's): mel bins, and the
+        # frame count when padded (None: each item's own length)
+        self.n_mels = cfg.n_mels
+        pad = cfg.pad_samples
+        self.context_length = None if pad is None else pad // HOP_LENGTH
 
     @classmethod
     def from_config(cls, cfg: AudioPreprocessConfig, ctx: BuildContext) -> AudioPreprocessor:

@@ -42,6 +42,7 @@ class ConvStem(Tokenizer):
         super().__init__()
         self.cfg = cfg
         self.out_width = cfg.width
+        self.n_mels, self.context_length = cfg.n_mels, cfg.frames  # what it accepts
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.width, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(cfg.width, cfg.width, kernel_size=3, stride=2, padding=1)
         self.positions: LearnedPositions | None = None

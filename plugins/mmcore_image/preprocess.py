@@ -32,6 +32,7 @@ class ImagePreprocessor:
 
     def __init__(self, cfg: ImagePreprocessConfig) -> None:
         self.cfg = cfg
+        self.image_size = cfg.size  # the side of the square images emitted
         self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
         self.std = torch.tensor(cfg.std).view(3, 1, 1)
 

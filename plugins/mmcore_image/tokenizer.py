@@ -39,6 +39,7 @@ class PatchEmbedding(Tokenizer):
         super().__init__()
         self.cfg = cfg
         self.out_width = cfg.width
+        self.image_size = cfg.image_size  # the only side accepted
         self.grid = cfg.image_size // cfg.patch_size
         n = self.grid**2 + int(cfg.cls_token)
         self.proj = nn.Conv2d(cfg.channels, cfg.width, cfg.patch_size, cfg.patch_size,

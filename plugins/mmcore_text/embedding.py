@@ -30,6 +30,8 @@ class TokenEmbedding(Tokenizer):
         super().__init__()
         self.cfg = cfg
         self.out_width = cfg.width
+        # what it accepts (validation compares them with the preprocessor's)
+        self.vocab_size, self.context_length = cfg.vocab_size, cfg.context_length
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.positions: LearnedPositions | None = None

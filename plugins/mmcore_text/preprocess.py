@@ -48,10 +48,12 @@ def _strings(items: Sequence[Any]) -> list[str]:
 class ByteTextPreprocessor:
     """UTF-8 bytes (0-255) framed by BOS=256 and EOS=257, padded with 258. Needs no files."""
 
+    #: emitted ids are < vocab_size; rows are at most context_length long (validation reads both)
     vocab_size = BYTE_VOCAB
 
     def __init__(self, cfg: ByteTextConfig) -> None:
         self.cfg = cfg
+        self.context_length = cfg.context_length
 
     @classmethod
     def from_config(cls, cfg: ByteTextConfig, ctx: BuildContext) -> ByteTextPreprocessor:
@@ -91,6 +93,7 @@ class HFTokenizerPreprocessor:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.cfg = cfg
+        self.context_length = cfg.context_length  # the longest row emitted
         self.pad_id = self._id(cfg.pad_token) if cfg.pad_token else 0
         self.eos_id = self._id(cfg.eos_token) if cfg.eos_token else None
         self.vocab_size = self.tokenizer.get_vocab_size()
