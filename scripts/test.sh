@@ -6,4 +6,5 @@ bash scripts/setup.sh test
 export TRITON_INTERPRET=1
 .venv/bin/ruff check mmcore plugins tests bench examples
 .venv/bin/mypy
+# per-test limit: pytest-timeout, set in pyproject.toml ([tool.pytest.ini_options] timeout)
 .venv/bin/python -m pytest -q "$@"
