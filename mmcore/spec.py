@@ -292,6 +292,12 @@ def check_components(spec: ModelSpec, registry: Registry,
     issues: list[SpecIssue] = []
     for path, kind, ref in spec.components():
         issues += _check_ref(path, kind, ref, registry, lines)
+    return issues + _weight_issues(spec, lines)
+
+
+def _weight_issues(spec: ModelSpec, lines: Mapping[str, int]) -> list[SpecIssue]:
+    """Objective weights must be finite and >= 0."""
+    issues = []
     for name, oref in spec.objectives.items():
         if not (math.isfinite(oref.weight) and oref.weight >= 0):
             message = "must be >= 0" if oref.weight < 0 else \
@@ -352,13 +358,26 @@ def params_of(registry: Registry, kind: str, ref: ComponentRef) -> BaseModel:
 @dataclass
 class SpecCheck:
     """What reading a spec found: the spec (None where its structure is too broken to
-    model) and every problem so far. ``partial``: top-level keys with problems (say
-    ``train``) were left out of ``spec`` so the rest can still be cross-checked."""
+    model) and every problem so far. ``dropped``: top-level keys with structural problems
+    (say ``train``) left out of ``spec`` (at their defaults) so the rest can be checked."""
 
     spec: ModelSpec | None
     issues: list[SpecIssue] = field(default_factory=list)
     source: str | None = None
-    partial: bool = False
+    dropped: frozenset[str] = frozenset()
+    #: key path -> YAML line
+    lines: Mapping[str, int] = field(default_factory=dict)
+
+    def located(self, issue: SpecIssue) -> SpecIssue:
+        """``issue`` with the YAML line of its key path (or the nearest parent's)."""
+        if issue.line is not None:
+            return issue
+        return SpecIssue(issue.path, issue.message, _line(issue.path, self.lines))
+
+    @property
+    def partial(self) -> bool:
+        """Whether ``spec`` lacks some of what the source said."""
+        return bool(self.dropped)
 
     def raise_issues(self) -> ModelSpec:
         """The spec, or SpecError listing every issue."""
@@ -387,20 +406,24 @@ def check_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | 
     try:
         spec = ModelSpec.model_validate(data)
     except ValidationError as exc:
-        issues = _pydantic_issues(exc, "", lines)
-        issues += _unchecked_component_issues(data, registry, lines, issues)
-        return SpecCheck(_partial_spec(data, issues), issues, source, partial=True)
-    return SpecCheck(spec, check_components(spec, registry, lines), source)
+        structural = _pydantic_issues(exc, "", lines)
+        issues = structural + _unchecked_component_issues(data, registry, lines, structural)
+        dropped = frozenset(i.path.split(".")[0] for i in structural)
+        partial = _partial_spec(data, dropped)
+        if partial is not None:
+            issues += _weight_issues(partial, lines)
+        return SpecCheck(partial, issues, source, dropped, lines)
+    return SpecCheck(spec, check_components(spec, registry, lines), source, lines=lines)
 
 
-def _partial_spec(data: Mapping[str, Any], issues: list[SpecIssue]) -> ModelSpec | None:
-    """``data`` without the optional top-level keys that have issues, if the rest is valid."""
-    bad = {i.path.split(".")[0] for i in issues}
+def _partial_spec(data: Mapping[str, Any], dropped: frozenset[str]) -> ModelSpec | None:
+    """``data`` without the ``dropped`` top-level keys, if they are optional and the rest
+    is valid."""
     optional = {name for name, f in ModelSpec.model_fields.items() if not f.is_required()}
-    if not bad <= optional:
+    if not dropped <= optional:
         return None
     try:
-        return ModelSpec.model_validate({k: v for k, v in data.items() if k not in bad})
+        return ModelSpec.model_validate({k: v for k, v in data.items() if k not in dropped})
     except ValidationError:
         return None
 

@@ -20,7 +20,7 @@ from mmcore.errors import SpecError, SpecIssue, suggest
 if TYPE_CHECKING:
     from mmcore.model import MultimodalModel
     from mmcore.registry import Registry
-    from mmcore.spec import ComponentRef, ModelSpec
+    from mmcore.spec import ComponentRef, ModelSpec, SpecCheck
 
 #: Attributes a built preprocessor and the tokenizer after it may both declare, and how the
 #: preprocessor's value (what it emits) must relate to the tokenizer's (what it accepts):
@@ -148,9 +148,9 @@ def _disagreement(attr: str, emits: int, accepts: int, pre_type: str) -> str:
         return (f"vocab_size {accepts} is too small for {pre}, which emits ids up to "
                 f"{emits - 1}; it needs vocab_size >= {emits}")
     if AGREEMENTS[attr] == "<=":
-        return (f"{attr} {accepts} is smaller than {pre}'s {attr} {emits}; "
+        return (f"{attr} {accepts} is smaller than the {attr} {emits} of {pre}; "
                 f"raise it to at least {emits}")
-    return f"{attr} {accepts} does not match {pre}'s {attr} {emits}"
+    return f"{attr} {accepts} does not match the {attr} {emits} of {pre}"
 
 
 # ----------------------------------------------------------------------------- data
@@ -192,9 +192,9 @@ def _key_problems(spec: ModelSpec, item: Mapping[str, Any]) -> list[SpecIssue]:
         near = suggest(name, [k for k in keys if k not in spec.modalities], n=1)
         if near:
             hints.append(f"rename modality {name!r} to {near.split(' ')[-1].rstrip('?')}?")
-    hint = " " + " ".join(hints) if hints else ""
+    hint = " ".join(hints) or f"no item has {', '.join(map(repr, missing))}"
     return [SpecIssue("data", f"the dataset yields keys {keys} but the spec's modalities are "
-                              f"{sorted(spec.modalities)}; {missing} are missing.{hint}")]
+                              f"{sorted(spec.modalities)}; {hint}")]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -235,9 +235,17 @@ def validate_source(source: str | Path | Mapping[str, Any], registry: Registry |
     spec = found.spec
     report = Report(spec.name if spec is not None else str(found.source or source),
                     found.source, list(found.issues))
-    if spec is None:
-        return report
-    if not found.partial:
+    if spec is not None:
+        _later_rounds(found, spec, registry, report, data=data, reach=reach)
+    report.errors = [found.located(issue) for issue in report.errors]
+    report.warnings = [found.located(issue) for issue in report.warnings]
+    return report
+
+
+def _later_rounds(found: SpecCheck, spec: ModelSpec, registry: Registry | None, report: Report,
+                  *, data: bool, reach: bool) -> None:
+    """The checks after structure and params, on whatever those left intact."""
+    if "train" not in found.dropped:
         report.errors += training_problems(spec)
     report.errors += pipeline_problems(spec, registry, _component_paths(found.issues))
     item = None
@@ -245,12 +253,11 @@ def validate_source(source: str | Path | Mapping[str, Any], registry: Registry |
         item, problems = read_item(spec, registry)
         report.errors += problems
         item = None if problems else item
-    if found.partial or any(i.path.split(".")[0] not in _NON_MODEL_KEYS for i in found.issues):
-        return report  # a component is broken: the full build would only repeat it
+    if any(i.path.split(".")[0] not in _NON_MODEL_KEYS for i in found.issues):
+        return  # a component is broken: the full build would only repeat it
     model = _build(spec, registry, report)
-    if model is not None and reach:
+    if model is not None and reach and not found.partial:
         reach_warnings(spec, model, item, registry, report)
-    return report
 
 
 def _component_paths(issues: Iterable[SpecIssue]) -> set[str]:
@@ -290,7 +297,8 @@ def reach_warnings(spec: ModelSpec, model: MultimodalModel, item: Mapping[str, A
     try:
         unreached = unreached_parameters(spec, model, item, registry)
     except Exception as exc:  # a check that cannot run is a note
-        report.notes.append(f"the check for parameters no objective reaches was skipped: "
+        report.notes.append("the check for parameters no objective reaches was skipped (the "
+                            f"loss on one batch could not run): "
                             f"{_one_line(exc)}")
         return
     for path, count in unreached.items():

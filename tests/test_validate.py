@@ -93,7 +93,7 @@ def test_modality_renamed_away_from_the_datasets_key(capsys: pytest.CaptureFixtu
                  objectives={"contrastive": {"type": "contrastive", "pairs": [["img", "text"]]}})
     code, _, err = _cli(capsys, tmp_path, spec)
     assert code == 2
-    line = next(line for line in err.splitlines() if "  - data:" in line)
+    line = next(line for line in err.splitlines() if line.startswith("  - data"))
     assert "'image'" in line and "'text'" in line and "['img', 'text']" in line
     assert "rename modality 'img' to 'image'?" in line
     # --no-data skips reading it
@@ -133,9 +133,9 @@ def test_fusion_no_objective_reaches_is_a_warning(capsys: pytest.CaptureFixture[
     assert "parameters no objective reaches" in report.warnings[0].message
     code, out, err = _cli(capsys, tmp_path, _masked_only())
     assert code == 0 and out.startswith("ok: tiny (")
-    assert "warning: fusion:" in err
+    assert "warning: fusion (line " in err
     code, out, err = _cli(capsys, tmp_path, _masked_only(), "--strict")
-    assert code == 2 and "fusion:" in err and out == ""
+    assert code == 2 and "  - fusion (line " in err and out == ""
 
 
 def test_frozen_components_are_expected_to_be_unreached() -> None:
@@ -185,3 +185,23 @@ def test_a_structural_train_problem_still_lets_components_be_cross_checked() -> 
     spec = _spec(train={"steps": 4, "batch_size": 4, "lr": -1})
     spec["modalities"]["text"]["tokenizer"]["vocab_size"] = 100
     assert sorted(_paths(spec)) == ["modalities.text.tokenizer.vocab_size", "train.lr"]
+
+
+# ----------------------------------------------------------------------------- other neighbours
+
+
+def test_pooling_naming_an_unknown_modality() -> None:
+    spec = _spec(fusion={"type": "late", "embed_dim": 8,
+                         "pooling": {"imgx": "cls", "text": "eot"}})
+    [issue] = validate_source(spec).errors
+    assert issue.path == "fusion" and "['imgx']" in issue.message
+
+
+def test_train_reports_the_same_data_error_before_building() -> None:
+    spec = _spec(modalities={"img": copy.deepcopy(IMAGE), "text": copy.deepcopy(TEXT)},
+                 fusion={"type": "late", "embed_dim": 8, "pooling": {"img": "cls", "text": "eot"}},
+                 objectives={"contrastive": {"type": "contrastive", "pairs": [["img", "text"]]}})
+    [expected] = validate_source(spec).errors
+    with pytest.raises(SpecError) as info:
+        check(load_spec(spec), data=True)
+    assert info.value.issues == [expected]
