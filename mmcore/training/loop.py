@@ -41,7 +41,7 @@ def train(spec: ModelSpec, out_dir: str | Path, *, resume: bool = False,
     Under torchrun every rank calls this; it joins the process group (gloo on CPU, NCCL on
     CUDA) unless the caller already did. A worker group torchrun restarted resumes.
     """
-    validation.check(spec)
+    validation.check(spec, data=dataset is None)  # the spec's data: its first item's keys
     if restart_count() > 0:  # torchrun --max-restarts brought us back after a failure
         resume, overwrite = True, False
     device, joined = init_distributed(device)
