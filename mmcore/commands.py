@@ -13,37 +13,21 @@ returns the exit code. Errors mmcore raises on purpose (:class:`mmcore.errors.MM
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmcore.errors import MMCoreError
+from mmcore.registry import Command
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "Command", "UsageError"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(MMCoreError):
     """Bad command-line input, such as an unknown kind (exit code 2)."""
-
-
-@dataclass(frozen=True)
-class Command:
-    """One CLI verb a plugin registers."""
-
-    name: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    summary: str = ""
-    plugin: str = ""
-
-    @property
-    def description(self) -> str:
-        """The help text: ``run``'s docstring, else the summary."""
-        return inspect.cleandoc(self.run.__doc__ or "") or self.summary
 
 
 def print_json(data: Any) -> None:

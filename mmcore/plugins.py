@@ -20,9 +20,8 @@ import yaml
 
 from mmcore import hookspecs
 from mmcore._version import __version__
-from mmcore.commands import Command
 from mmcore.errors import RegistryError
-from mmcore.registry import Entry, NoConfig, Registry, source_location
+from mmcore.registry import Command, Entry, NoConfig, Registry, source_location
 
 ENTRY_POINT_GROUP = "mmcore.plugins"
 ALLOW_ENV = "MMCORE_PLUGINS_ALLOW"

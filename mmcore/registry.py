@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import builtins
 import fnmatch
 import inspect
@@ -26,6 +27,22 @@ class ComponentConfig(BaseModel):
 
 class NoConfig(ComponentConfig):
     """Params of a component that takes none."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One CLI verb a plugin registers."""
+
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    summary: str = ""
+    plugin: str = ""
+
+    @property
+    def description(self) -> str:
+        """The help text: ``run``'s docstring, else the summary."""
+        return inspect.cleandoc(self.run.__doc__ or "") or self.summary
 
 
 @dataclass(frozen=True)
