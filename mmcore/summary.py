@@ -1,8 +1,7 @@
 """Model summaries for ``mmcore inspect``: parameters per component, tokens per modality,
-and the analytic cost of a spec (parameters, FLOPs, activation and training memory).
+and the analytic cost of a spec (:mod:`mmcore.analysis`).
 
-The analytic cost comes from each component's registered cost function (mmcore.cost), walked
-in model order without building anything. The parameter counts of a model built on the meta
+The parameter counts of a model built on the meta
 device (no memory allocated, even for CLIP ViT-B/32's 151M parameters) are the cross-check.
 A spec's ``metadata`` may hold ``reference`` figures (a publication's parameter counts, with
 what its counting leaves out) and ``compare`` (fusion variants costed side by side).
@@ -19,8 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from mmcore.analysis import CostSummary, analyse
 from mmcore.contract import Tokens
-from mmcore.spec import MODALITY_SLOTS
 
 if TYPE_CHECKING:
     from mmcore.model import MultimodalModel
@@ -166,174 +165,6 @@ def summarize(spec: ModelSpec, registry: Registry | None = None, *, batch_size: 
     summary.reference = check_reference(model, spec)
     summary.compare = compare_fusions(spec, registry)
     return summary
-
-
-# ----------------------------------------------------------------------------- analytic cost
-
-#: How ``mmcore inspect`` counts FLOPs, in words.
-FLOPS_CONVENTION = (
-    "forward FLOPs per sample, 2 FLOPs per multiply-add: matrix products, convolutions and "
-    "attention (q k^T and p v, every score even under a causal mask); softmax, norms, "
-    "activations and other element-wise work are left out. A training step costs about 3x "
-    "the forward pass (backward = 2x forward).")
-
-#: Kinds whose cost feeds the next stage, in the order a model runs them.
-
-
-@dataclass
-class ComponentCost:
-    """Analytic cost of one spec component, per sample, beside its meta-built count.
-
-    ``parameters`` etc. are None ("n/a") when the component registers no cost function or
-    its inputs' shapes are unknown; ``note`` says why. ``built_parameters`` is None for
-    components that build no module (preprocessors).
-    """
-
-    path: str
-    kind: str
-    type: str
-    parameters: int | None
-    flops: int | None
-    activations: int | None
-    attention_scores: int | None
-    built_parameters: int | None = None
-    note: str = ""
-
-
-@dataclass
-class CostSummary:
-    """The analytic side of ``mmcore inspect``: totals over the components with a cost.
-
-    ``partial`` is True when some component is n/a (its cost is missing from the totals).
-    ``memory`` is a :class:`mmcore.cost.TrainingMemory` as a dict (bytes).
-    """
-
-    components: list[ComponentCost]
-    parameters: int
-    flops: int
-    activations: int
-    partial: bool
-    #: modality -> tokens entering the fusion, from the cost functions (None: unknown)
-    tokens: dict[str, int | None]
-    #: the fusion's largest attention pattern, query-key scores per head in one layer
-    attention_scores: int | None
-    batch_size: int
-    dtype: str
-    memory: dict[str, int]
-    flops_convention: str = FLOPS_CONVENTION
-    assumptions: list[str] = field(default_factory=list)
-
-
-def _entry_cost(registry: Registry, kind: str, ref: Any, ctx: Any) -> tuple[Any, str]:
-    """(Cost or None, why not) for one component, from its registered cost function."""
-    entry = registry.get(kind, ref.type)
-    if entry.cost is None:
-        return None, f"{kind} {ref.type!r} registers no cost function"
-    try:
-        return entry.cost(entry.config.model_validate(ref.params), ctx), ""
-    except Exception as exc:  # a cost function that cannot work here: reported, not fatal
-        return None, f"cost of {ref.type!r} failed: {exc}"
-
-
-def _row(path: str, kind: str, ref: Any, cost: Any, note: str) -> ComponentCost:
-    if cost is None:
-        return ComponentCost(path, kind, ref.type, None, None, None, None, note=note)
-    return ComponentCost(path, kind, ref.type, cost.params, cost.flops, cost.activations,
-                         cost.attention_scores or None)
-
-
-class _CostWalk:
-    """Walks a spec in its stage order (``ModelSpec.components``, as the builder does):
-    tokenizer -> encoder -> fusion -> heads -> objectives, handing each cost function the
-    shapes and widths the previous stage reported (heads and objectives also get the
-    per-modality token shapes that entered the fusion)."""
-
-    def __init__(self, spec: ModelSpec, registry: Registry) -> None:
-        self.spec, self.registry = spec, registry
-        self.rows: list[ComponentCost] = []
-        self.shapes: dict[str, Any] = {}
-        self.fusion: Any = None
-        self.heads: dict[str, int] = {}
-
-    def visit(self, path: str, kind: str, ref: Any) -> None:
-        if kind in MODALITY_SLOTS:
-            self._modality_part(path, kind, ref)
-        elif kind == "fusion":
-            self._fusion(ref)
-        elif kind in ("head", "objective"):
-            self._top(path, kind, ref)
-
-    def _add(self, path: str, kind: str, ref: Any, ctx: Any, missing: str = "") -> Any:
-        cost, note = (None, missing) if missing else _entry_cost(self.registry, kind, ref, ctx)
-        self.rows.append(_row(path, kind, ref, cost, note))
-        return cost
-
-    def _modality_part(self, path: str, kind: str, ref: Any) -> None:
-        from mmcore.cost import CostContext
-
-        name = path.split(".")[1]
-        shape = self.shapes.setdefault(name, None)
-        missing = "the tokenizer's output shape is unknown" if (
-            kind == "encoder" and shape is None) else ""
-        cost = self._add(path, kind, ref, CostContext(in_shape=shape), missing)
-        if kind != "preprocessor":
-            self.shapes[name] = cost.out if cost is not None else None
-
-    def _fusion(self, ref: Any) -> None:
-        from mmcore.cost import CostContext
-
-        unknown = sorted(m for m, s in self.shapes.items() if s is None)
-        missing = f"token shapes of {', '.join(unknown)} are unknown" if unknown else ""
-        self.fusion = self._add("fusion", "fusion", ref,
-                                CostContext(shapes=dict(sorted(self.shapes.items()))), missing)
-
-    def _top(self, path: str, kind: str, ref: Any) -> None:
-        from mmcore.cost import CostContext
-
-        widths = dict(self.fusion.embeddings) if self.fusion is not None else None
-        known = {m: s for m, s in sorted(self.shapes.items()) if s is not None}
-        ctx = CostContext(shapes=known, embedding_widths=widths or {},
-                          heads=dict(self.heads) if kind == "objective" else {})
-        cost = self._add(path, kind, ref, ctx,
-                         "" if widths is not None else "the fusion's widths are unknown")
-        if kind == "head" and cost is not None and cost.out is not None:
-            self.heads[path.split(".", 1)[1]] = cost.out.width
-
-
-def analyse(spec: ModelSpec, registry: Registry | None = None, *, batch_size: int = 1,
-            dtype: str = "fp32", built: dict[str, int] | None = None) -> CostSummary:
-    """Analytic cost of ``spec`` from its components' cost functions; nothing is built.
-
-    ``built`` (path -> parameters of the meta-built module) fills the cross-check column.
-    """
-    from mmcore.cost import MEMORY_ASSUMPTIONS, training_memory
-    from mmcore.plugins import get_registry
-
-    walk = _CostWalk(spec, registry or get_registry())
-    for path, kind, ref in spec.components():
-        walk.visit(path, kind, ref)
-    rows = walk.rows
-    for row in rows:
-        row.built_parameters = (built or {}).get(row.path)
-    known = [r for r in rows if r.parameters is not None]
-    params = sum(r.parameters or 0 for r in known)
-    activations = sum(r.activations or 0 for r in known)
-    memory = training_memory(params, activations, batch_size=batch_size, dtype=dtype)
-    fusion = walk.fusion
-    return CostSummary(
-        rows, params, sum(r.flops or 0 for r in known), activations, len(known) < len(rows),
-        {m: (s.tokens if s is not None else None) for m, s in sorted(walk.shapes.items())},
-        (fusion.attention_scores or None) if fusion is not None else None, batch_size, dtype,
-        {"weights": memory.weights, "gradients": memory.gradients,
-         "optimizer": memory.optimizer, "activations": memory.activations,
-         "total": memory.total},
-        assumptions=[MEMORY_ASSUMPTIONS[dtype],
-                     "every parameter trains (frozen ones would need no gradient or AdamW "
-                     "state); no activation checkpointing, no sharding; framework workspace "
-                     "and allocator overhead left out",
-                     "activations: the tensors each layer saves for backward (inputs of "
-                     "matrix products and norms, attention probabilities, MLP hidden units), "
-                     "sequences at full length"])
 
 
 # ----------------------------------------------------------------------------- reference figures

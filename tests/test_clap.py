@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 import mmcore
+from mmcore.analysis import analyse
 from mmcore.cli import main
 from mmcore.convert import find_converter, import_model
 from mmcore.errors import CheckpointError
-from mmcore.summary import analyse, count_parameters
+from mmcore.summary import count_parameters
 from mmcore_clap.convert import AUDIO_DEFAULTS, TEXT_DEFAULTS, spec_from_hf_clap_config
 from mmcore_clap.preprocess import ClapAudioConfig, ClapAudioPreprocessor
 

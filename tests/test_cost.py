@@ -21,6 +21,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmcore
+from mmcore.analysis import analyse
 from mmcore.builder import BuildContext, build
 from mmcore.contract import FusionOutput, Tokens
 from mmcore.cost import (
@@ -35,7 +36,7 @@ from mmcore.cost import (
 from mmcore.kernels import Hardware, select_kernels
 from mmcore.plugins import get_registry
 from mmcore.registry import Registry
-from mmcore.summary import analyse, count_parameters, summarize
+from mmcore.summary import count_parameters, summarize
 from mmcore.testing import (
     EMBEDDING_WIDTH,
     ENCODER_WIDTH,
