@@ -1,33 +1,5 @@
-"""The conformance suite plugin authors run on their own components.
+"""The conformance checks behind :func:`mmcore.testing.check_component`."""
 
-Every registered preprocessor (that supplies an ``example``), tokenizer, encoder, fusion,
-head and objective is built from its entry's ``tiny`` config and must pass: forward
-(the contract type with the right shapes, finite values), backward (every trainable
-parameter gets a finite gradient), a safetensors save/load round trip (a freshly built
-module gives exactly the same outputs) and batch invariance (in eval mode, a batch of
-three gives what each element gives alone, within 1e-5). In a plugin's tests::
-
-    import pytest
-    from mmcore.plugins import get_registry
-    from mmcore.testing import check_component, conformance_params
-
-    @pytest.mark.parametrize(("kind", "name"), conformance_params(plugin="my_plugin"))
-    def test_conformance(kind: str, name: str) -> None:
-        check_component(get_registry(), kind, name)
-
-The harness builds each component with a standard :class:`BuildContext` and feeds it
-standard inputs, so a ``tiny`` config may name them:
-
-- fusions receive modalities ``alpha`` (width 16) and ``beta`` (width 12) with padding masks;
-- encoders receive Tokens of width ``tiny["width"]``, or 16 when the config sets none;
-- heads and objectives see pooled embeddings ``alpha``, ``beta`` and ``fused`` of width 8;
-  objectives also see a head ``logits`` with 3 classes and ``batch["label"]``.
-
-An entry's ``example(module, batch_size, generator)`` replaces the standard input with its
-own: raw items (preprocessor), the collated tensors (tokenizer; required, as the core knows
-no modality), Tokens (encoder), ``{name: Tokens}`` (fusion), a FusionOutput (head) or a
-``(ModelOutput, batch)`` pair (objective). Seeds are fixed, so a failure reproduces.
-"""
 
 from __future__ import annotations
 
@@ -46,85 +18,22 @@ from torch import Tensor, nn
 from mmcore.builder import BuildContext
 from mmcore.checkpoint import read_tensors, save_tensors
 from mmcore.contract import FusionOutput, ModelOutput, Tokens
-from mmcore.errors import RegistryError
 from mmcore.kernels import KernelSet, detect_hardware, select_kernels
-from mmcore.registry import Entry, Registry
-
-#: The kinds the suite checks, in the order cases are listed.
-CHECKED_KINDS = ("preprocessor", "tokenizer", "encoder", "fusion", "head", "objective")
-#: The harness's standard modalities and their token widths (fusions).
-MODALITY_WIDTHS = {"alpha": 16, "beta": 12}
-#: Width of the Tokens an encoder receives when its tiny config names no ``width``.
-ENCODER_WIDTH = 16
-#: Width of every standard pooled embedding (``alpha``, ``beta``, ``fused``).
-EMBEDDING_WIDTH = 8
-#: The standard head objectives may name, and its number of classes.
-HEAD_NAME, NUM_CLASSES = "logits", 3
-BATCH_SIZE = 3
-SEED = 0
-#: Batch invariance tolerance (absolute and relative).
-TOLERANCE = 1e-5
+from mmcore.registry import Entry
+from mmcore.testing.constants import (
+    BATCH_SIZE,
+    EMBEDDING_WIDTH,
+    ENCODER_WIDTH,
+    HEAD_NAME,
+    MODALITY_WIDTHS,
+    NUM_CLASSES,
+    SEED,
+    TOLERANCE,
+)
 
 
 class _Failure(Exception):
     """A failed check; :func:`check_component` turns it into an AssertionError."""
-
-
-# -- public API ---------------------------------------------------------------------------
-
-
-def conformance_cases(registry: Registry, *, plugin: str | None = None) -> list[tuple[str, str]]:
-    """``(kind, name)`` of every component the suite checks, optionally of one plugin.
-
-    Preprocessors are included when their entry supplies an ``example`` (raw items).
-    """
-    cases = []
-    for kind in CHECKED_KINDS:
-        for entry in registry.list(kind):
-            if plugin is not None and entry.plugin != plugin:
-                continue
-            if kind == "preprocessor" and entry.example is None:
-                continue
-            cases.append((kind, entry.name))
-    return cases
-
-
-def case_id(kind: str, name: str) -> str:
-    """A test id such as ``encoder:vit``."""
-    return f"{kind}:{name}"
-
-
-def conformance_params(registry: Registry | None = None, *,
-                       plugin: str | None = None) -> list[Any]:
-    """``pytest.param(kind, name, id="kind:name")`` for each case, to parametrize over."""
-    import pytest
-
-    if registry is None:
-        from mmcore.plugins import get_registry
-
-        registry = get_registry()
-    return [pytest.param(kind, name, id=case_id(kind, name))
-            for kind, name in conformance_cases(registry, plugin=plugin)]
-
-
-def check_component(registry: Registry, kind: str, name: str) -> None:
-    """Run every conformance check on one registered component.
-
-    Raises AssertionError naming the component, the check that failed and why.
-    """
-    try:
-        entry = registry.get(kind, name)
-    except RegistryError as exc:
-        raise AssertionError(str(exc)) from None
-    if kind not in CHECKED_KINDS:
-        raise AssertionError(f"the conformance suite checks {', '.join(CHECKED_KINDS)}; "
-                             f"not {kind!r}")
-    label = f"{kind} {name!r} (plugin {entry.plugin}, {entry.location})"
-    with torch.random.fork_rng(devices=[]):
-        if kind == "preprocessor":
-            _check_preprocessor(entry, label)
-        else:
-            _check_module(entry, label, _HARNESSES[kind])
 
 
 # -- shared helpers -----------------------------------------------------------------------
@@ -265,7 +174,7 @@ class _Harness:
     per_element: bool = True
 
 
-def _check_module(entry: Entry, label: str, harness: _Harness) -> None:
+def check_module(entry: Entry, label: str, harness: _Harness) -> None:
     with _step(label, "build"):
         params = _tiny_params(entry)
         ctx = harness.context(params, _kernels())
@@ -481,7 +390,7 @@ def _model_output(ctx: BuildContext, batch: int,
     return output, {"label": torch.randint(0, NUM_CLASSES, (batch,), generator=generator)}
 
 
-_HARNESSES: dict[str, _Harness] = {
+HARNESSES: dict[str, _Harness] = {
     "tokenizer": _Harness(
         context=lambda p, k: BuildContext(kernels=k, modality="alpha"),
         inputs=None,
@@ -516,7 +425,7 @@ _HARNESSES: dict[str, _Harness] = {
 # -- preprocessors ------------------------------------------------------------------------
 
 
-def _check_preprocessor(entry: Entry, label: str) -> None:
+def check_preprocessor(entry: Entry, label: str) -> None:
     """Raw example items -> collated tensors, deterministic and per-item."""
     with _step(label, "build"):
         preprocessor = entry.factory(_tiny_params(entry), BuildContext(kernels=_kernels()))
