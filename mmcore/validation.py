@@ -96,15 +96,16 @@ def pipeline_problems(spec: ModelSpec, registry: Registry | None = None,
         pre_ref, tok_ref = modality.preprocessor, modality.tokenizer
         if pre_ref is None or {f"{base}.preprocessor", f"{base}.tokenizer"} & skipped:
             continue
-        pre = _built(registry, "preprocessor", pre_ref, "cpu")
-        tok = _built(registry, "tokenizer", tok_ref, "meta")
+        pre = _built(registry, "preprocessor", pre_ref, name, "cpu")
+        tok = _built(registry, "tokenizer", tok_ref, name, "meta")
         if pre is not None and tok is not None:
             problems += _agreement(f"{base}.tokenizer", tok_ref, pre, tok, pre_ref.type)
     return problems
 
 
-def _built(registry: Registry | None, kind: str, ref: ComponentRef, device: str) -> Any:
-    """One component built alone on ``device`` (None where it cannot be)."""
+def _built(registry: Registry | None, kind: str, ref: ComponentRef, modality: str,
+           device: str) -> Any:
+    """One of ``modality``'s components built alone on ``device`` (None where it cannot be)."""
     import torch
 
     from mmcore.builder import BuildContext, make_component
@@ -114,7 +115,7 @@ def _built(registry: Registry | None, kind: str, ref: ComponentRef, device: str)
     try:
         with torch.device(device):
             return make_component(registry or get_registry(), kind, ref,
-                                  BuildContext(kernels=KernelSet()))
+                                  BuildContext(kernels=KernelSet(), modality=modality))
     except Exception:  # reported by the full build, not here
         return None
 
