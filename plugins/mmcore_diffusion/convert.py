@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from mmcore.convert import hf
 from mmcore.errors import CheckpointError
 from mmcore.kernels import KernelSet
+from mmcore_diffusion.samplers import DDIMSampler, DDPMSampler, EulerSampler, Sampler
+from mmcore_diffusion.schedules import NoiseSchedule
 from mmcore_diffusion.unet import UNet2DCondition, UNetConfig
 from mmcore_diffusion.vae import AutoencoderKL, VAEConfig
 
@@ -207,3 +209,46 @@ def load_vae(folder: Path, *, kernels: KernelSet | None = None) -> AutoencoderKL
     model = AutoencoderKL(cfg, kernels=kernels)
     load_state(model, read_component_weights(folder), vae_key_map(), str(folder / WEIGHTS))
     return model.eval()
+
+
+SCHEDULER_CONFIG = "scheduler_config.json"
+SAMPLERS = {"DDPMScheduler": DDPMSampler, "DDIMScheduler": DDIMSampler,
+            "EulerDiscreteScheduler": EulerSampler}
+SCHEDULER_FIXED: dict[str, tuple[Any, ...]] = {
+    "trained_betas": (None,), "thresholding": (False,), "rescale_betas_zero_snr": (False,),
+    "variance_type": ("fixed_small", "fixed_large"), "use_karras_sigmas": (False,),
+    "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,),
+    "interpolation_type": ("linear",), "timestep_type": ("discrete",),
+    "final_sigmas_type": ("zero",), "prediction_type": ("epsilon", "v_prediction")}
+
+
+def sampler_from_config(cfg: Mapping[str, Any], *, cls: str | None = None,
+                        where: str = SCHEDULER_CONFIG) -> Sampler:
+    """A diffusers scheduler config -> the matching sampler. ``cls`` overrides
+    ``_class_name`` (as ``DDIMScheduler.from_config(other.config)`` does in diffusers)."""
+    name = cls or cfg.get("_class_name")
+    if name not in SAMPLERS:
+        raise CheckpointError(f"{where}: scheduler {name!r} is not implemented by mmcore; "
+                              f"implemented: {', '.join(SAMPLERS)} (pass one to use its "
+                              "sampler with this schedule)")
+    _fixed(cfg, SCHEDULER_FIXED, where)
+    schedule = NoiseSchedule.create(
+        cfg.get("beta_schedule", "linear"), cfg.get("num_train_timesteps", 1000),
+        cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02),
+        cfg.get("prediction_type", "epsilon"))
+    if name == "EulerDiscreteScheduler":
+        return EulerSampler(schedule, spacing=cfg.get("timestep_spacing", "linspace"),
+                            steps_offset=cfg.get("steps_offset", 0))
+    clip = cfg.get("clip_sample_range", 1.0) if cfg.get("clip_sample", True) else None
+    common = dict(spacing=cfg.get("timestep_spacing", "leading"),
+                  steps_offset=cfg.get("steps_offset", 0), clip_sample=clip)
+    if name == "DDPMScheduler":
+        return DDPMSampler(schedule, **common,
+                           variance=cfg.get("variance_type", "fixed_small"))
+    return DDIMSampler(schedule, **common, set_alpha_to_one=cfg.get("set_alpha_to_one", True))
+
+
+def load_sampler(folder: Path, *, cls: str | None = None) -> Sampler:
+    """The sampler of a diffusers ``scheduler/`` folder (``scheduler_config.json``)."""
+    path = Path(folder) / SCHEDULER_CONFIG
+    return sampler_from_config(hf.read_json_object(path), cls=cls, where=str(path))
