@@ -198,7 +198,7 @@ def test_kv_cache_matches_full_recomputation(tmp_path: Path) -> None:
     logits, cache = runner.prefill(ids[:, :6], mask[:, :6])  # every row has a real token
     torch.testing.assert_close(logits, full[:, 5], atol=1e-5, rtol=0)
     for t in range(6, ids.shape[1]):
-        logits, cache = runner.step(ids[:, t : t + 1], cache)
+        logits, cache = runner.step(ids[:, t : t + 1], mask[:, : t + 1], cache)
         torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=0)
     row2 = cache.keys[0][2].clone()
     reordered = runner.reorder_cache(cache, torch.tensor([2, 0]))

@@ -1,7 +1,7 @@
-"""The LM as seen by the generation loop (:mod:`mmcore.generation`): ``prefill`` a batch of
-prompts, ``step`` one token at a time on the KV cache, ``reorder_cache`` for beams.
-
-This module decodes nothing itself; it only runs the model for the one loop."""
+"""The LM as seen by the generation loop: :class:`CausalLMRunner` implements
+:class:`mmcore.generation.Decoder` (``prefill`` a batch of left-padded prompts, ``step``
+one token at a time on the KV cache, ``reorder_cache`` for beams). It decodes nothing
+itself: ``mmcore.generation.generate(CausalLMRunner.from_model(model), ids, ...)``."""
 
 from __future__ import annotations
 
@@ -46,9 +46,12 @@ class CausalLMRunner:
         return self._logits(input_ids, attention_mask.bool(), cache), cache
 
     @torch.no_grad()
-    def step(self, next_ids: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
-        """The chosen tokens ``(B, 1)`` -> (logits of the token after them (B, V), cache)."""
-        mask = torch.ones_like(next_ids, dtype=torch.bool)
+    def step(self, next_ids: Tensor, attention_mask: Tensor | None, cache: KVCache
+             ) -> tuple[Tensor, KVCache]:
+        """The chosen tokens ``(B, 1)`` and the grown mask ``(B, S + 1)`` (only its last
+        column is new; None: the tokens are real) -> (next logits (B, V), cache)."""
+        mask = (torch.ones_like(next_ids, dtype=torch.bool) if attention_mask is None
+                else attention_mask[:, -1:].bool())
         return self._logits(next_ids, mask, cache), cache
 
     def reorder_cache(self, cache: KVCache, beam_idx: Tensor) -> KVCache:
