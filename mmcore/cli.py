@@ -380,6 +380,14 @@ def _add_convert_commands(sub: Any) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="an mmcore checkpoint or run folder")
     p.add_argument("--format", required=True, help="converter name (mmcore list converter)")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write")
+def _add_generate_command(sub: Any) -> None:
+    from mmcore.generation import command as generate
+
+    p = _command(sub, "generate", generate.run,
+                 "generate text or images with any generative model (mmcore list generator)")
+    generate.add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmcore`` argument parser: the core commands, then the plugins' commands."""
     parser = argparse.ArgumentParser(
@@ -393,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_commands(sub)
     _add_run_commands(sub)
     _add_convert_commands(sub)
+    _add_generate_command(sub)
     parser.epilog = add_plugin_commands(sub) + _EXAMPLES
     return parser
 

@@ -82,6 +82,24 @@ def register_commands(register: Register) -> None:
     a warning. Helpers for output and errors: :mod:`mmcore.commands`."""
 
 
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register metric loggers: ``register(name, factory, *, requires=None, summary="")``.
+
+    ``factory()`` returns a :class:`mmcore.training.callbacks.Callback` (``on_log`` gets
+    each metric row); it runs on rank 0 only. ``requires`` names a package the logger
+    imports: when it is not installed the logger is left out, and a spec naming it in
+    ``train.loggers`` is told to install it."""
+
+
+@hookspec
+def register_generators(register: Register) -> None:
+    """Register how a model family generates: ``register(name, factory, *, summary="")``.
+
+    ``factory()`` returns a :class:`mmcore.generation.command.Generator` (``accepts(model)``
+    and ``run(model, args)``); ``mmcore generate`` uses the first that accepts the model."""
+
+
 #: hook name -> registry kind it fills; the registry's kinds are derived from it.
 HOOK_KINDS: dict[str, str] = {
     "register_preprocessors": "preprocessor",
@@ -94,6 +112,8 @@ HOOK_KINDS: dict[str, str] = {
     "register_presets": "preset",
     "register_converters": "converter",
     "register_commands": "command",
+    "register_loggers": "logger",
+    "register_generators": "generator",
 }
 
 
