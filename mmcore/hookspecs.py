@@ -100,6 +100,19 @@ def register_generators(register: Register) -> None:
     and ``run(model, args)``); ``mmcore generate`` uses the first that accepts the model."""
 
 
+@hookspec
+def register_queries(register: Register) -> None:
+    """Register output-query builders (Perceiver IO decoders): ``factory(params, ctx)``
+    returns a module with ``num_queries`` and ``out_width`` whose ``forward(batch_size)``
+    gives the queries ``(B, Q, D)``."""
+
+
+@hookspec
+def register_eval_tasks(register: Register) -> None:
+    """Register evaluation tasks for ``mmcore eval --task``: ``register(name, factory, *,
+    summary="")``; ``factory()`` returns a :class:`mmcore.tasks.EvalTask`."""
+
+
 #: hook name -> registry kind it fills; the registry's kinds are derived from it.
 HOOK_KINDS: dict[str, str] = {
     "register_preprocessors": "preprocessor",
@@ -112,8 +125,10 @@ HOOK_KINDS: dict[str, str] = {
     "register_presets": "preset",
     "register_converters": "converter",
     "register_commands": "command",
+    "register_queries": "query",
     "register_loggers": "logger",
     "register_generators": "generator",
+    "register_eval_tasks": "task",
 }
 
 
