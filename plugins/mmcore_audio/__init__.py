@@ -24,12 +24,12 @@ from mmcore_audio.tokenizer import (
     conv_stem_cost,
     example_features,
 )
-from mmcore_audio.wav import decode_wav, read_wav
+from mmcore_audio.wav import check_sample_rate, decode_wav, read_wav
 
 __version__ = "0.1.0"
 
 #: public API for other plugins: WAV decoding (paths and bytes) and band-limited resampling
-__all__ = ["decode_wav", "mono_samples", "read_wav", "resample"]
+__all__ = ["check_sample_rate", "decode_wav", "mono_samples", "read_wav", "resample"]
 
 
 def example_waveforms(preprocessor: Any, batch_size: int,

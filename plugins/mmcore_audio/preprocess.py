@@ -14,8 +14,8 @@ from torch import Tensor
 from mmcore.builder import BuildContext
 from mmcore.registry import ComponentConfig
 from mmcore_audio.features import HOP_LENGTH, SAMPLE_RATE, log_mel
-from mmcore_audio.resample import resample
-from mmcore_audio.wav import read_wav
+from mmcore_audio.resample import input_span, resample
+from mmcore_audio.wav import check_sample_rate, check_samples, read_wav
 
 
 class AudioPreprocessConfig(ComponentConfig):
@@ -76,8 +76,10 @@ class AudioPreprocessor:
     def waveform(self, item: Any) -> Tensor:
         """One item -> its mono 16 kHz waveform (L,), padded or trimmed when configured."""
         waveform, rate = self.load(item)
-        waveform = resample(waveform, rate, SAMPLE_RATE)
         target = self.cfg.pad_samples
+        if target is not None:  # trim before resampling: never resample what is cut
+            waveform = waveform[: input_span(target, rate, SAMPLE_RATE)]
+        waveform = resample(waveform, rate, SAMPLE_RATE)
         if target is not None:
             waveform = waveform[:target]
             waveform = torch.nn.functional.pad(waveform, (0, target - waveform.shape[0]))
@@ -97,13 +99,14 @@ class AudioPreprocessor:
             samples, rate = read_wav(item)
             return torch.from_numpy(samples), rate
         if isinstance(item, tuple):
-            if len(item) != 2 or not isinstance(item[1], (int, np.integer)) or item[1] <= 0:
+            if len(item) != 2 or isinstance(item[1], bool) or not isinstance(
+                    item[1], (int, np.integer)) or item[1] <= 0:
                 raise TypeError("an audio pair must be (waveform, sample_rate: positive int)")
-            return _mono(item[0]), int(item[1])
+            return _mono(item[0]), check_sample_rate(item[1], "a waveform")
         if self.cfg.sample_rate is None:
             raise ValueError("a bare waveform needs a sample rate: give (waveform, rate) "
                              "or set sample_rate in the preprocessor config")
-        return _mono(item), self.cfg.sample_rate
+        return _mono(item), check_sample_rate(self.cfg.sample_rate, "a waveform")
 
 
 def mono_samples(array: Any) -> np.ndarray:
@@ -126,8 +129,7 @@ def mono_samples(array: Any) -> np.ndarray:
         return (array.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"waveform samples must be numbers, got dtype {array.dtype}")
-    if not np.isfinite(array).all():
-        raise ValueError("the waveform holds NaN or infinite samples")
+    check_samples(array, "a waveform")
     return array.astype(np.float64)
 
 

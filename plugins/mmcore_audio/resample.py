@@ -36,6 +36,19 @@ def _kernel(up: int, down: int) -> tuple[Tensor, int]:
     return kernel[:, None, :].float(), width
 
 
+def input_span(out_length: int, orig_rate: int, new_rate: int) -> int:
+    """How many leading input samples determine the first ``out_length`` output samples of
+    :func:`resample` exactly, so audio can be trimmed before it is resampled."""
+    if orig_rate == new_rate or out_length <= 0:
+        return max(out_length, 0)
+    g = math.gcd(orig_rate, new_rate)
+    up, down = new_rate // g, orig_rate // g
+    _, width = _kernel(up, down)
+    # output k comes from conv frame k // up, which reads inputs [j*down - width, j*down +
+    # width + down) of the unpadded signal
+    return ((out_length - 1) // up) * down + width + down
+
+
 def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
     """(..., L) at ``orig_rate`` -> (..., ceil(L * new_rate / orig_rate)) at ``new_rate``."""
     if orig_rate <= 0 or new_rate <= 0:

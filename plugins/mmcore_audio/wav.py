@@ -15,6 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+#: Sample rates outside these bounds are refused (a 1 Hz header would ask the resampler for
+#: 16,000 output samples per input sample); see docs/reliability.md to change them.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 768_000
+#: Float samples are nominally in [-1, 1]; beyond this magnitude the data is not audio.
+MAX_ABS_SAMPLE = 1_000.0
+
 WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_IEEE_FLOAT = 0x0003
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
@@ -56,17 +63,48 @@ def decode_wav(data: bytes, name: str = "WAV bytes") -> tuple[np.ndarray, int]:
     if samples.shape[0] == 0:
         raise ValueError(f"cannot read audio {name}: the WAV file holds no samples "
                          "(zero-length audio)")
-    if rate <= 0:
-        raise ValueError(f"cannot read audio {name}: invalid sample rate {rate}")
+    check_sample_rate(rate, f"audio {name}")
+    check_samples(samples, f"audio {name}")
     return samples.mean(axis=1, dtype=np.float64).astype(np.float32), rate
+
+
+def check_sample_rate(rate: object, what: str) -> int:
+    """``rate`` as an int in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], else ValueError naming
+    ``what``. A bool is not a rate (``True`` would read as 1 Hz)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
+        raise ValueError(f"cannot read {what}: the sample rate must be an integer, got "
+                         f"{rate!r}")
+    if not MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE:
+        raise ValueError(f"cannot read {what}: sample rate {int(rate):,} Hz is outside "
+                         f"{MIN_SAMPLE_RATE:,}..{MAX_SAMPLE_RATE:,} Hz")
+    return int(rate)
+
+
+def check_samples(samples: np.ndarray, what: str) -> None:
+    """ValueError naming ``what`` for NaN/infinite samples or ones beyond MAX_ABS_SAMPLE."""
+    if not np.isfinite(samples).all():
+        raise ValueError(f"cannot read {what}: it holds NaN or infinite samples")
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    if peak > MAX_ABS_SAMPLE:
+        raise ValueError(f"cannot read {what}: sample magnitude {peak:.3g} is beyond "
+                         f"{MAX_ABS_SAMPLE:g}; float audio is expected in [-1, 1]")
 
 
 def _read_pcm(data: bytes, name: str) -> tuple[np.ndarray, int]:
     """PCM through ``wave`` -> ((L, C) float32, rate)."""
     with wave.open(io.BytesIO(data), "rb") as wav:
         channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-        frames = wav.readframes(wav.getnframes())
+        declared = wav.getnframes()
+        frames = wav.readframes(declared)
+    _check_length(len(frames), declared * width * channels, name)
     return _decode_pcm(frames, width, channels, name), rate
+
+
+def _check_length(held: int, declared: int, name: str) -> None:
+    """A header that promises more sample bytes than the file holds is a truncated file."""
+    if held < declared:
+        raise ValueError(f"cannot read audio {name}: the WAV header declares {declared:,} "
+                         f"bytes of samples but the file holds {held:,} (truncated?)")
 
 
 def _decode_pcm(data: bytes, width: int, channels: int, name: str) -> np.ndarray:
@@ -101,7 +139,10 @@ def _chunks(blob: bytes, name: str) -> dict[bytes, bytes]:
     pos = 12
     while pos + 8 <= len(blob):
         cid, size = blob[pos : pos + 4], struct.unpack("<I", blob[pos + 4 : pos + 8])[0]
-        chunks.setdefault(cid, blob[pos + 8 : pos + 8 + size])
+        payload = blob[pos + 8 : pos + 8 + size]
+        if cid == b"data":
+            _check_length(len(payload), size, name)
+        chunks.setdefault(cid, payload)
         pos += 8 + size + (size & 1)  # chunks are word aligned
     return chunks
 

@@ -51,5 +51,7 @@ def load_waveform(item: Any, rate: int) -> np.ndarray:
         if len(item) != 2 or isinstance(item[1], bool) or \
                 not isinstance(item[1], (int, np.integer)) or item[1] <= 0:
             raise TypeError("an audio pair must be (waveform, sample_rate: positive int)")
-        return _resample(mono(item[0]), int(item[1]), rate)
+        from mmcore_audio import check_sample_rate
+
+        return _resample(mono(item[0]), check_sample_rate(item[1], "a waveform"), rate)
     return mono(item)
