@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: perf_counter; cpu: this process's CPU time (process_time), "
                         "robust to other load on a shared machine when used with --threads 1")
+    p.add_argument("--compile", action="store_true",
+                   help="compile both: mmcore's train.compile (its transformer stacks, in "
+                        "place) and torch.compile of the transformers model (its Trainer's "
+                        "torch_compile switch); warm-up then includes compilation")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -162,7 +166,7 @@ def inference(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def profile_step(name: str, step: Callable[[], None], rows: int = 15) -> None:
-    """Print the ops with the most self CPU time in one training step."""
+    """Print the ops with the most self CPU time in one training step (``--profile``)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -206,6 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     ours.eval()
     hf.eval()
     check_agreement(ours, hf, batch, inputs)
+    if args.compile:
+        from mmcore.layers.transformer import compile_stacks
+
+        print(f"compile: mmcore stacks compiled: {compile_stacks(ours)}; transformers: "
+              "torch.compile(model)")
+        hf = torch.compile(hf)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     results = {"forward": time_pair({
         "mmcore": inference(lambda: mm_forward(ours, batch)),

@@ -30,6 +30,10 @@ from mmcore.kernels.dispatch import Candidate, register_candidate
 
 #: input dtypes the GPU kernels accept; other calls fall back to the op's reference
 GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: why an unmeasured GPU candidate is not chosen automatically. Clear it for an op only
+#: when a benchmark recorded in docs/performance.md (``bench/gpu_suite.py``) shows the
+#: candidate beating the default on that op and its shapes.
+UNMEASURED = "no recorded GPU benchmark beats {default} (docs/performance.md)"
 
 
 def lazy(module: str, name: str) -> Callable[..., Any]:
@@ -60,19 +64,21 @@ def _register_gpu_attention() -> None:
          "xformers memory-efficient attention; between sdpa and triton"),
         ("cross_attention", "triton_cross_attention", 20, 15,
          "Triton split-K flash attention: few queries over many keys fill every SM, and "
-         "padding masks stay fused (sdpa drops to a slower backend with a mask)",
+         "padding masks stay fused; never timed on a GPU yet",
          "xformers memory-efficient attention; below triton's split-K for few queries"),
     ):
         register_candidate(Candidate(op, "triton", lazy(triton_attention, triton_fn),
                                      devices=("cuda",), min_capability=(8, 0),
                                      packages=("triton",), priority=triton_priority,
-                                     note=triton_note, dtypes=GPU_DTYPES, head_dims=(32, 128)))
+                                     note=triton_note, dtypes=GPU_DTYPES, head_dims=(32, 128),
+                                     manual_only=UNMEASURED.format(default="sdpa")))
         register_candidate(Candidate(op, "xformers",
                                      lazy("mmcore.kernels.xformers_attention",
                                           "xformers_attention"),
                                      devices=("cuda",), min_capability=(7, 0),
                                      packages=("xformers",), priority=xformers_priority,
-                                     note=xformers_note, dtypes=GPU_DTYPES, head_dims=(16, 128)))
+                                     note=xformers_note, dtypes=GPU_DTYPES, head_dims=(16, 128),
+                                     manual_only=UNMEASURED.format(default="sdpa")))
 
 
 def _register_contrastive() -> None:
@@ -88,7 +94,8 @@ def _register_contrastive() -> None:
         lazy("mmcore.kernels.triton_contrastive", "triton_contrastive_loss"),
         devices=("cuda",), min_capability=(8, 0), packages=("triton",), priority=20,
         note="Triton forward (row/column online log-sum-exp) and backward (recomputed tiles); "
-             "fp16/bf16/fp32, never materialises B x B; float64 goes to the chunked loss"))
+             "fp16/bf16/fp32, never materialises B x B; float64 goes to the chunked loss",
+        manual_only=UNMEASURED.format(default="chunked")))
 
 
 def register_builtin_kernels() -> None:

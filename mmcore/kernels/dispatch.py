@@ -55,6 +55,10 @@ class Candidate:
     #: input dtypes it accepts (None: any) and the inclusive head-dim range (None: any)
     dtypes: tuple[torch.dtype, ...] | None = None
     head_dims: tuple[int, int] | None = None
+    #: why automatic selection passes over it although it can run (empty: it may be
+    #: chosen). A GPU candidate stays manual until a recorded benchmark shows it beating
+    #: the default on its op and shapes; forcing it still works.
+    manual_only: str = ""
 
     def accepts(self, x: torch.Tensor) -> bool:
         """Whether one call's input ``x: (..., Dh)`` suits this kernel (checked per call;
@@ -152,12 +156,23 @@ def _choose(op: str, hw: Hardware, forced: str | None) -> str:
         if why is not None:
             raise KernelError(f"kernel {forced!r} was forced for {op!r} but cannot run: {why}")
         return forced
-    usable = [c for c in cands.values() if c.rejection(hw) is None]
+    usable = [c for c in cands.values() if c.rejection(hw) is None and not c.manual_only]
     best = max(usable, key=lambda c: c.priority)
     for c in cands.values():
         if c.priority > best.priority:
-            log.info("kernel %s/%s not used: %s", op, c.name, c.rejection(hw))
+            log.info("kernel %s/%s not used: %s", op, c.name, _not_chosen(op, c, hw))
     return best.name
+
+
+def _not_chosen(op: str, cand: Candidate, hw: Hardware) -> str:
+    """Why ``cand`` is not the automatic choice on ``hw`` (it is not the best)."""
+    why = cand.rejection(hw)
+    if why is not None:
+        return why
+    if cand.manual_only:
+        force = f"{ENV_PREFIX}{op.upper()}={cand.name}"
+        return f"not chosen automatically: {cand.manual_only}; force with {force}"
+    return f"lower priority; {cand.note}"
 
 
 def select_kernels(requested: Mapping[str, str] | None = None,
@@ -182,6 +197,6 @@ def explain(hardware: Hardware | None = None,
         for cand in sorted(_CANDIDATES[op].values(), key=lambda c: -c.priority):
             why = cand.rejection(hw)
             status = "chosen" if chosen[op] == cand.name else ("rejected" if why else "available")
-            reason = why or (cand.note if status == "chosen" else f"lower priority; {cand.note}")
+            reason = cand.note if status == "chosen" else _not_chosen(op, cand, hw)
             rows.append({"op": op, "candidate": cand.name, "status": status, "reason": reason})
     return rows

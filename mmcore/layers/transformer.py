@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mmcore.kernels import KernelSet
+from mmcore.kernels.attention import real_padding
 from mmcore.layers.attention import MultiHeadAttention
 from mmcore.layers.mlp import MLP
 from mmcore.layers.norms import make_norm
@@ -55,6 +56,28 @@ class TransformerStack(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
                 context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         x = self.pre_norm(x)
+        # an all-real mask is no mask: checked once here, not in every layer
+        mask, context_mask = real_padding(mask), real_padding(context_mask)
         for block in self.blocks:
             x = block(x, mask, causal, context, context_mask)
         return self.final_norm(x)
+
+
+def compile_stacks(module: nn.Module) -> bool:
+    """``torch.compile`` every :class:`TransformerStack` inside ``module`` in place (the
+    state-dict keys stay as they are). Returns False, with a warning and the module left
+    eager, where torch.compile cannot run here (no C++ compiler, unsupported platform)."""
+    import warnings
+
+    import torch
+
+    try:  # a tiny probe: compilation failures surface on the first call, not at wrap time
+        torch.compile(lambda t: t * 2 + 1)(torch.ones(2))
+    except Exception as exc:  # any compiler failure means: stay eager
+        warnings.warn(f"train.compile: torch.compile cannot run here ({exc}); training "
+                      "continues without it", RuntimeWarning, stacklevel=2)
+        return False
+    for sub in module.modules():
+        if isinstance(sub, TransformerStack):
+            sub.compile()
+    return True
