@@ -53,3 +53,39 @@ def test_resize_crops_the_center_and_normalises() -> None:
                            mean=torch.full((3, 1, 1), 0.5), std=torch.full((3, 1, 1), 0.5))
     assert out.shape == (3, 10, 10)
     assert torch.allclose(out, torch.ones_like(out), atol=1e-6)  # only the band survives
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` (no pixel data follows): the
+    guards must refuse it from the header alone."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+@pytest.mark.parametrize(("width", "height", "message"), [
+    (1, 20_000_000, r"1x20000000: a side over 100,000 pixels"),
+    (80_000_000, 1, r"80000000x1: a side over 100,000 pixels"),
+    (150_000, 2_000, r"150000x2000: a side over 100,000 pixels"),
+    (1, 20_000, r"1x20000, an aspect ratio over 100:1"),
+    (30_000, 200, r"30000x200, an aspect ratio over 100:1"),
+])
+def test_strips_and_giant_sides_are_refused_from_the_header(tmp_path: Path, width: int,
+                                                            height: int, message: str) -> None:
+    path = _png_header(tmp_path / "odd.png", width, height)
+    with pytest.raises(ValueError, match=message):
+        to_pil(path, 10**12)
+
+
+def test_an_elongated_array_is_refused_before_any_resize() -> None:
+    with pytest.raises(ValueError, match=r"aspect ratio over 100:1"):
+        to_pil(np.zeros((1, 101, 3), np.uint8), 10_000)
+    assert to_pil(np.zeros((1, 100, 3), np.uint8), 10_000).size == (100, 1)
