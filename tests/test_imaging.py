@@ -74,7 +74,7 @@ def _png_header(path: Path, width: int, height: int) -> Path:
 @pytest.mark.parametrize(("width", "height", "message"), [
     (1, 20_000_000, r"1x20000000: a side over 100,000 pixels"),
     (80_000_000, 1, r"80000000x1: a side over 100,000 pixels"),
-    (150_000, 2_000, r"150000x2000: a side over 100,000 pixels"),
+    (150_000, 1_000, r"150000x1000: a side over 100,000 pixels"),
     (1, 20_000, r"1x20000, an aspect ratio over 100:1"),
     (30_000, 200, r"30000x200, an aspect ratio over 100:1"),
 ])
