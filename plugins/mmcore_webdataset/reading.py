@@ -45,6 +45,20 @@ ShardSource = str | Path | Sequence[str | Path]
 INDEX_FILE = "index.json"
 #: errors that end a shard: not a tar, truncated, bad compression, unreadable file
 SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+#: A member larger than this is refused, not read into memory (bytes; raise it with the
+#: environment variable below, see docs/reliability.md).
+MAX_MEMBER_BYTES = 1 << 30
+MAX_MEMBER_ENV = "MMCORE_SHARD_MAX_MEMBER_BYTES"
+
+
+def max_member_bytes() -> int:
+    """The member size limit: :data:`MAX_MEMBER_BYTES` or the environment's override."""
+    text = os.environ.get(MAX_MEMBER_ENV, "").strip()
+    if not text:
+        return MAX_MEMBER_BYTES
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{MAX_MEMBER_ENV}={text!r} must be a positive number of bytes")
+    return int(text)
 #: how many skipped samples per pass are logged as warnings (the rest only counted)
 WARN_SKIPS = 3
 
@@ -124,8 +138,33 @@ def read_index(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / INDEX_FILE
     if not path.is_file():
         return None
-    index: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return index
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    _check_index(index, path)
+    return dict(index)
+
+
+def _check_index(index: Any, path: Path) -> None:
+    """ValueError naming the file and key unless ``index`` lists shards as
+    ``{"shards": [{"name": "x.tar", "samples": N}, ...]}`` with plain file names."""
+    if not isinstance(index, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(index).__name__}")
+    shards = index.get("shards")
+    if not isinstance(shards, list):
+        raise ValueError(f"{path}: 'shards' must be a list of {{name, samples}} objects, "
+                         f"got {type(shards).__name__}")
+    for i, entry in enumerate(shards):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        samples = entry.get("samples") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or name != os.path.basename(name) \
+                or name in (".", ".."):
+            raise ValueError(f"{path}: shards[{i}].name must be a file name in the folder, "
+                             f"got {name!r}")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+            raise ValueError(f"{path}: shards[{i}].samples must be a count >= 0, got "
+                             f"{samples!r}")
 
 
 def shard_list(source: ShardSource) -> list[str]:
@@ -197,10 +236,15 @@ def split_name(name: str) -> tuple[str, str]:
 def iter_members(path: str) -> Iterator[tuple[str, bytes]]:
     """``(name, bytes)`` of each regular file in a (possibly compressed) tar, read as a
     stream. Raises tarfile/OS errors on a corrupt or truncated shard."""
+    limit = max_member_bytes()
     with open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
+            if member.size > limit:
+                raise tarfile.ReadError(
+                    f"member {member.name} is {member.size:,} bytes, over the limit of "
+                    f"{limit:,} (set {MAX_MEMBER_ENV} to raise it)")
             reader = tar.extractfile(member)
             if reader is None:
                 continue

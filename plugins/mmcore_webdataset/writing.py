@@ -9,6 +9,7 @@ import glob
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,10 +36,23 @@ def read_captions(path: str | Path) -> dict[str, str]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = [_json_row(line, path, n) for n, line in enumerate(text.splitlines(), start=1)
+                if line.strip()]
     else:
         rows = list(csv.DictReader(io.StringIO(text)))
     return dict(_caption_row(row, path, n) for n, row in enumerate(rows, start=1))
+
+
+def _json_row(line: str, path: Path, n: int) -> dict[str, Any]:
+    """One JSON-lines row, which must be an object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{path} line {n}: a row must be a JSON object with file and caption "
+                         f"keys, got {type(row).__name__}")
+    return row
 
 
 _FILE_COLUMNS = ("file", "filename", "file_name", "path", "image", "key")
@@ -66,7 +80,7 @@ def collect_folder(src: str | Path, captions: Mapping[str, str] | None = None,
     skip = [p.resolve() for p in exclude]
     groups: dict[str, dict[str, Path]] = {}
     for path in sorted(src.rglob("*")):
-        rel, resolved = path.relative_to(src), path.resolve()
+        rel, resolved = path.relative_to(src), _resolved(path)
         if (not path.is_file() or any(part.startswith(".") for part in rel.parts)
                 or any(s == resolved or s in resolved.parents for s in skip)):
             continue
@@ -74,6 +88,14 @@ def collect_folder(src: str | Path, captions: Mapping[str, str] | None = None,
         groups.setdefault(stem, {})[path.suffix.lower().lstrip(".")] = path
     return [FolderSample(stem, files, _caption_for(stem, files, src, captions or {}))
             for stem, files in sorted(groups.items())]
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with links followed; a link loop or an unreadable link is a clear error."""
+    try:
+        return path.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:
+        raise ValueError(f"cannot read {path}: {exc} (a symbolic link loop?)") from None
 
 
 def _caption_for(stem: str, files: Mapping[str, Path], src: Path,
@@ -122,6 +144,9 @@ def write_shards(src: str | Path, out: str | Path, *, shard_size: int = 1000,
     ``index.json`` (shard names, sample counts). Returns the index."""
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
+        raise ValueError(f"--prefix {prefix!r} must be a plain file-name prefix (letters, "
+                         "digits, '.', '_', '-'); shards are always written inside --out")
     out = Path(out)
     _prepare_out(out, prefix, overwrite)
     mapping = read_captions(captions) if captions is not None else None
