@@ -15,6 +15,7 @@ not) to the one model file to load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -207,8 +208,9 @@ def check_state(model: nn.Module, tensors: Mapping[str, Tensor], source: str) ->
 
 def load_state(model: nn.Module, path: str | Path) -> nn.Module:
     """Load weights into ``model`` after checking all of them; on any error the model is
-    left untouched."""
-    tensors = read_tensors(path)
+    left untouched. A file that references a base (a LoRA run's adapters) gets the base's
+    tensors too (:func:`with_base`)."""
+    tensors = with_base(path, read_tensors(path))
     check_state(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True)
     return model
@@ -233,5 +235,51 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
     spec_data = json.loads(meta.get("spec") or "null")
     if spec_data is None:
         raise CheckpointError(f"{path} holds no spec; load it into a built model with load_state")
-    model = build(load_spec(spec_data), device=device)
+    spec = load_spec(spec_data)
+    model = build(spec, device=device)
+    if spec.train.lora is not None:  # an adapted model: adapters first, then its weights
+        from mmcore import lora
+
+        lora.apply(model, spec.train.lora)
     return load_state(model, path)
+
+
+# --- a base referenced by path and sha256 (LoRA adapters) -------------------------------
+
+#: metadata key of a file holding part of a model (LoRA adapters): JSON ``{"path":
+#: relative to the file's folder, "absolute": path, "sha256": of the base file}``
+BASE_KEY = "base"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, as hex."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_reference(base: Path, folder: Path) -> dict[str, str]:
+    """How a file in ``folder`` names ``base``: relative path, absolute path, sha256."""
+    return {"path": os.path.relpath(base.resolve(), folder.resolve()),
+            "absolute": str(base.resolve()), "sha256": file_sha256(base)}
+
+
+def with_base(path: str | Path, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` plus those of the base its metadata references (found by relative,
+    then absolute path, and checked against its sha256); ``tensors`` as is otherwise."""
+    path = resolve_model_file(path)
+    raw = read_metadata(path).get(BASE_KEY)
+    if not raw:
+        return tensors
+    ref = json.loads(raw)
+    candidates = [path.parent / ref["path"], Path(ref["absolute"])]
+    base = next((p for p in candidates if p.is_file()), None)
+    if base is None:
+        raise CheckpointError(f"{path} holds adapters for a base that is gone: looked for "
+                              f"{candidates[0]} and {candidates[1]}")
+    if file_sha256(base) != ref["sha256"]:
+        raise CheckpointError(f"{path} references base {base}, whose sha256 no longer "
+                              f"matches ({ref['sha256'][:12]}...): it was changed")
+    return {**read_tensors(base), **tensors}

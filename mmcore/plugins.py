@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import importlib.metadata as metadata
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -122,6 +123,8 @@ class _Collector:
     def __init__(self, plugin: str, version: str) -> None:
         self.plugin, self.version = plugin, version
         self.entries: list[Entry] = []
+        #: (kind, name) -> the missing package of an entry registered with ``requires``
+        self.unavailable: dict[tuple[str, str], str] = {}
         self._seen: dict[tuple[str, str], Entry] = {}
 
     def for_kind(self, kind: str) -> Callable[..., None]:
@@ -133,7 +136,11 @@ class _Collector:
         def register(name: str, factory: Callable[..., Any], *, config: type = NoConfig,
                      summary: str = "", tiny: dict[str, Any] | None = None,
                      example: Callable[..., Any] | None = None,
-                     cost: Callable[..., Any] | None = None) -> None:
+                     cost: Callable[..., Any] | None = None,
+                     requires: str | None = None) -> None:
+            if requires is not None and importlib.util.find_spec(requires) is None:
+                self.unavailable[(kind, name)] = requires  # absent, but named when asked for
+                return
             doc = summary or (factory.__doc__ or "").strip().split("\n")[0]
             self._add(Entry(kind, name, factory, config, self.plugin, self.version,
                             source_location(factory), doc, tiny, example, cost))
@@ -221,6 +228,7 @@ def _load_one(cand: _Candidate, registry: Registry) -> PluginInfo:
         return _fail(info, exc)
     _collect_commands(pm, collector, info)
     _add_entries(registry, collector.entries, info)
+    registry.unavailable.update(collector.unavailable)
     return info
 
 

@@ -93,6 +93,8 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         #: plugin -> why it was not loaded (e.g. blocked by an environment variable)
         self.blocked: dict[str, str] = {}
+        #: (kind, name) -> the package a plugin's entry needs but which is not installed
+        self.unavailable: dict[tuple[str, str], str] = {}
 
     def add(self, entry: Entry) -> None:
         if entry.kind not in self._entries:
@@ -127,6 +129,10 @@ class Registry:
         try:
             return self._entries[kind][name]
         except KeyError:
+            package = self.unavailable.get((kind, name))
+            if package is not None:
+                raise RegistryError(f"{kind} {name!r} needs the {package!r} package, which is "
+                                    f"not installed (pip install {package})") from None
             hint = suggest(name, self._entries[kind])
             raise RegistryError(f"unknown {kind} {name!r}.{hint}{self._blocked_hint()}") from None
 

@@ -11,16 +11,14 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmcore.errors import RegistryError, SpecError, SpecIssue, suggest
 from mmcore.registry import Registry
-
-#: an Adam beta: a decay rate in [0, 1)
-_Beta = Annotated[float, Field(ge=0, lt=1)]
+from mmcore.train_spec import TrainSpec
 
 # YAML 1.1 reads "1e-3" as a string; people mean a float.
 _FLOAT = re.compile(
@@ -145,55 +143,6 @@ class ModalitySpec(BaseModel):
     preprocessor: ComponentRef | None = None
     tokenizer: ComponentRef
     encoder: ComponentRef | None = None
-
-
-class TrainSpec(BaseModel):
-    """Optimisation settings for ``mmcore train``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: int = Field(1000, gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(0.1, ge=0, allow_inf_nan=False)
-    betas: tuple[_Beta, _Beta] = (0.9, 0.98)
-    #: must not exceed ``steps`` when given (checked by :mod:`mmcore.validation`)
-    warmup_steps: int = Field(50, ge=0)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
-    log_every: int = Field(10, gt=0)
-    checkpoint_every: int = Field(200, gt=0)
-    seed: int = Field(0, ge=0)
-    num_workers: int = Field(0, ge=0)
-    #: under torchrun: ddp, fsdp (FSDP2 fully_shard) or auto (ddp); one process ignores it
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    #: micro-batches per optimizer step; ``batch_size`` is the whole step's batch (all ranks
-    #: and micro-batches together), so it must divide by world size x grad_accum_steps
-    grad_accum_steps: int = Field(1, gt=0)
-    #: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler); weights stay fp32
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    #: recompute encoder activations in backward: true (every encoder) or modality names
-    activation_checkpointing: bool | list[str] = False
-    #: parts left untrained, e.g. ``modalities.text``, ``modalities.image.encoder``,
-    #: ``fusion``, ``heads.cls``, ``objectives.contrastive``
-    freeze: list[str] = Field(default_factory=list)
-    #: a non-finite loss or gradient: stop with an error, or skip the update and count it
-    nonfinite: Literal["stop", "skip"] = "stop"
-    #: with ``nonfinite: skip``, stop once more steps than this were skipped
-    max_skipped_steps: int = Field(10, ge=0)
-    #: also write TensorBoard event files (needs the ``tensorboard`` package)
-    tensorboard: bool = False
-    #: streaming (iterable) data: optimizer steps per epoch, the same on every rank;
-    #: default: the dataset's known sample count // batch_size
-    steps_per_epoch: int | None = Field(None, gt=0)
-    #: DDP: tolerate parameters unused in a step (a modality absent from a batch)
-    find_unused_parameters: bool = True
-
-    @model_validator(mode="after")
-    def _micro_batches(self) -> TrainSpec:
-        if self.batch_size % self.grad_accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} does not divide into "
-                             f"grad_accum_steps {self.grad_accum_steps} micro-batches")
-        return self
 
 
 class ModelSpec(BaseModel):

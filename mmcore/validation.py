@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmcore.errors import SpecError, SpecIssue, suggest
+from mmcore.errors import RegistryError, SpecError, SpecIssue, suggest
+from mmcore.train_spec import BUILTIN_LOGGERS
 
 if TYPE_CHECKING:
     from mmcore.model import MultimodalModel
@@ -56,15 +57,15 @@ class Report:
 # ----------------------------------------------------------------------------- train options
 
 
-def training_problems(spec: ModelSpec) -> list[SpecIssue]:
-    """What is wrong with ``train.freeze``, ``train.activation_checkpointing`` and
-    ``train.warmup_steps``."""
+def training_problems(spec: ModelSpec, registry: Registry | None = None) -> list[SpecIssue]:
+    """What is wrong with ``train.freeze``, ``train.activation_checkpointing``,
+    ``train.warmup_steps``, and the paths, loggers and evaluation settings of the train
+    options (:func:`option_problems`)."""
     problems = []
     known = spec.module_paths()
     for i, path in enumerate(spec.train.freeze):
         if path not in known:
-            hint = suggest(path, known) or f" Paths: {', '.join(known)}"
-            problems.append(SpecIssue(f"train.freeze.{i}", f"unknown component {path!r}.{hint}"))
+            problems.append(SpecIssue(f"train.freeze.{i}", _unknown_path(path, known)))
     checkpointed = spec.train.activation_checkpointing
     if isinstance(checkpointed, list):
         encoded = [m for m, ms in spec.modalities.items() if ms.encoder is not None]
@@ -78,7 +79,64 @@ def training_problems(spec: ModelSpec) -> list[SpecIssue]:
         problems.append(SpecIssue("train.warmup_steps",
                                   f"{train.warmup_steps} exceeds train.steps {train.steps}; "
                                   "the learning rate would never finish warming up"))
+    return problems + option_problems(spec, registry)
+
+
+def _unknown_path(path: str, known: list[str]) -> str:
+    hint = suggest(path, known) or f" Paths: {', '.join(known)}"
+    return f"unknown component {path!r}.{hint}"
+
+
+def option_problems(spec: ModelSpec, registry: Registry | None = None) -> list[SpecIssue]:
+    """``train.lr_by_component`` and ``train.lora`` name component paths; loggers are
+    built in or registered (installed); keep_best and early stopping need ``eval_every``
+    and an ``eval/`` metric."""
+    train, known = spec.train, spec.module_paths()
+    problems = [SpecIssue(f"train.lr_by_component.{path}", _unknown_path(path, known))
+                for path in train.lr_by_component if path not in known]
+    targets = train.lora.targets if train.lora is not None else []
+    problems += [SpecIssue(f"train.lora.targets.{i}.path", _unknown_path(t.path, known))
+                 for i, t in enumerate(targets) if t.path not in known]
+    problems += _logger_problems(spec, registry)
+    watched = [("train.keep_best", train.keep_best)]
+    if train.early_stopping is not None:
+        watched.append(("train.early_stopping.metric", train.early_stopping.metric))
+    for key, metric in watched:
+        if metric is None:
+            continue
+        if train.eval_every is None:
+            problems.append(SpecIssue(key, "needs train.eval_every (evaluations to compare)"))
+        if not metric.startswith("eval/"):
+            problems.append(SpecIssue(key, f"{metric!r} is not an evaluation metric; those "
+                                           "start with eval/, e.g. eval/loss, eval/accuracy"))
     return problems
+
+
+def _logger_problems(spec: ModelSpec, registry: Registry | None) -> list[SpecIssue]:
+    """Each ``train.loggers`` name is built in or registered; a registered one whose
+    package is missing says what to install."""
+    reg = _registry(registry)
+    known = [*BUILTIN_LOGGERS, *reg.names("logger"), *(n for k, n in reg.unavailable
+                                                        if k == "logger")]
+    problems = []
+    for i, name in enumerate(spec.train.loggers):
+        if name in BUILTIN_LOGGERS:
+            continue
+        try:
+            reg.get("logger", name)
+        except RegistryError as exc:
+            message = str(exc) if name in known else \
+                f"unknown logger {name!r}.{suggest(name, known)} Loggers: {', '.join(known)}"
+            problems.append(SpecIssue(f"train.loggers.{i}", message))
+    return problems
+
+
+def _registry(registry: Registry | None) -> Registry:
+    if registry is not None:
+        return registry
+    from mmcore.plugins import get_registry
+
+    return get_registry()
 
 
 # ----------------------------------------------------------------------------- neighbours
@@ -210,7 +268,7 @@ def spec_problems(spec: ModelSpec, registry: Registry | None = None, *, data: bo
                   dataset: Any = None) -> list[SpecIssue]:
     """Every training-option and cross-component problem of a parsed ``spec``; with
     ``data`` (or a ``dataset``), also its first item's keys against the modalities."""
-    problems = training_problems(spec) + pipeline_problems(spec, registry)
+    problems = training_problems(spec, registry) + pipeline_problems(spec, registry)
     if data or dataset is not None:
         problems += read_item(spec, registry, dataset)[1]
     return problems
@@ -247,7 +305,7 @@ def _later_rounds(found: SpecCheck, spec: ModelSpec, registry: Registry | None, 
                   *, data: bool, reach: bool) -> None:
     """The checks after structure and params, on whatever those left intact."""
     if "train" not in found.dropped:
-        report.errors += training_problems(spec)
+        report.errors += training_problems(spec, registry)
     report.errors += pipeline_problems(spec, registry, _component_paths(found.issues))
     item = None
     if data and "data" not in {i.path.split(".")[0] for i in found.issues}:

@@ -72,13 +72,39 @@ def import_model(source: str | Path, fmt: str | None = None, *, device: str = "c
     return model
 
 
+#: ``export_model``'s own format: an mmcore checkpoint (safetensors with the spec)
+MMCORE_FORMAT = "mmcore"
+
+
 def export_model(model: MultimodalModel, out: str | Path, fmt: str,
-                 registry: Registry | None = None) -> Path:
-    """Write ``model`` in a foreign format through converter ``fmt``'s ``from_mmcore``."""
+                 registry: Registry | None = None, *, merge_lora: bool = False) -> Path:
+    """Write ``model`` in a foreign format through converter ``fmt``'s ``from_mmcore``, or
+    as an mmcore checkpoint (``fmt="mmcore"``: ``out`` is the file, or a folder that gets
+    ``model.safetensors``). ``merge_lora`` folds LoRA adapters into the base weights first
+    (on a copy; ``model`` is left adapted): the export is a plain model."""
+    if merge_lora:
+        model = merged_copy(model)
+    out = Path(out)
+    if fmt == MMCORE_FORMAT:
+        from mmcore.checkpoint import MODEL_FILE, save
+
+        return save(model, out / MODEL_FILE if out.is_dir() or not out.suffix else out)
     conv = _registry(registry).get("converter", fmt).factory()
     exporter = getattr(conv, "from_mmcore", None)
     if exporter is None:
         raise RegistryError(f"converter {fmt!r} can import but not export")
-    out = Path(out)
     exporter(model, out)
     return out
+
+
+def merged_copy(model: MultimodalModel) -> MultimodalModel:
+    """A copy of ``model`` with its LoRA adapters folded in (:func:`mmcore.lora.merge`);
+    an error when it has none."""
+    import copy
+
+    from mmcore import lora
+
+    if not any(isinstance(m, lora.LoraLinear) for m in model.modules()):
+        raise CheckpointError("--merge-lora: this model has no LoRA adapters to merge")
+    merged: MultimodalModel = lora.merge(copy.deepcopy(model))
+    return merged

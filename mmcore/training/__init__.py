@@ -1,4 +1,6 @@
-"""Train a model from its spec: AdamW, warmup + cosine, clipping, resumable checkpoints,
+"""Train a model from its spec: AdamW/SGD/Adafactor, warmup + cosine/linear/constant/WSD,
+learning rates per component, LoRA, clipping, periodic evaluation, callbacks and loggers,
+resumable checkpoints,
 in one process or many (``torchrun ... -m mmcore train``: DDP or FSDP2, see
 :mod:`mmcore.parallel`). One job per module:
 
@@ -8,13 +10,17 @@ in one process or many (``torchrun ... -m mmcore train``: DDP or FSDP2, see
   and activation checkpointing;
 - :mod:`~mmcore.training.setup` opening a run; :mod:`~mmcore.training.step` one update;
   :mod:`~mmcore.training.loop` ``train()``;
-- :mod:`~mmcore.training.metrics` metrics and reports;
+- :mod:`~mmcore.training.metrics` metric rows; :mod:`~mmcore.training.callbacks` the
+  callback interface; :mod:`~mmcore.training.loggers` loggers (jsonl, csv, png,
+  tensorboard; plugins add more); :mod:`~mmcore.training.evaluation` evaluation during
+  training, keep_best and early stopping;
   :mod:`~mmcore.training.checkpoints` training checkpoints.
 
 A run folder holds::
 
     spec.yaml  metrics.jsonl  metrics.csv  loss.png  model.safetensors (final)  [tensorboard/]
     checkpoints/step-000200/  model.safetensors  optimizer.safetensors  state.json  COMPLETE
+    [best/ (keep_best: a checkpoint folder)]  [base.safetensors (LoRA: the frozen base)]
 
 (the layout is :mod:`mmcore.checkpoint`'s). ``resume`` takes the newest folder with
 ``COMPLETE`` and ignores any other. On CPU, N steps in one go give bitwise the same
@@ -31,6 +37,7 @@ at multiples of ``steps_per_epoch`` to resume exactly.
 from __future__ import annotations
 
 from mmcore.checkpoint import COMPLETE, checkpoint_dir, latest_checkpoint, list_checkpoints
+from mmcore.training.callbacks import Callback
 from mmcore.training.checkpoints import STATE_FORMAT, save_checkpoint
 from mmcore.training.data import available_cores, cpu_threads
 from mmcore.training.loop import CRASH_ENV, train
@@ -50,6 +57,7 @@ from mmcore.training.step import train_step
 
 __all__ = [
     "COMPLETE",
+    "Callback",
     "CRASH_ENV",
     "STATE_FORMAT",
     "Run",

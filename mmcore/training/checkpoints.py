@@ -1,6 +1,10 @@
 """A training checkpoint: the model, the optimizer and ``state.json`` (step, schedule,
-scaler, every rank's RNG, the data position), written into a hidden temporary folder
-with ``COMPLETE`` last, then renamed. The folder layout is :mod:`mmcore.checkpoint`'s."""
+scaler, every rank's RNG, the data position, keep_best / early-stopping state), written
+into a hidden temporary folder with ``COMPLETE`` last, then renamed. The folder layout is
+:mod:`mmcore.checkpoint`'s; ``best/`` (keep_best) is a checkpoint folder of the same form.
+
+A LoRA run's model files hold the adapters only and reference ``base.safetensors`` (the
+frozen base, written once when the run starts) by relative path and sha256."""
 
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from typing import Any
 from torch import Tensor
 
 from mmcore.checkpoint import (
+    BASE_KEY,
     COMPLETE,
     MODEL_FILE,
+    base_reference,
     checkpoint_dir,
     fsync_dir,
     read_tensors,
@@ -25,6 +31,7 @@ from mmcore.checkpoint import (
 )
 from mmcore.distributed import barrier, is_main, world_size
 from mmcore.errors import CheckpointError
+from mmcore.lora import adapter_state, base_state
 from mmcore.training.data import data_position, restore_data_position
 from mmcore.training.metrics import read_metrics, rewrite_metrics
 from mmcore.training.optim import join_optimizer_state, split_optimizer_state
@@ -33,6 +40,10 @@ from mmcore.training.state import Run, TrainingError
 
 STATE_FORMAT = "mmcore-train/1"
 OPTIMIZER_FILE = "optimizer.safetensors"
+#: ``train.keep_best``'s copy of the best checkpoint, in the run folder
+BEST = "best"
+#: a LoRA run's frozen base weights, in the run folder
+BASE_FILE = "base.safetensors"
 
 
 def save_checkpoint(run: Run) -> Path:
@@ -41,14 +52,45 @@ def save_checkpoint(run: Run) -> Path:
     Every rank calls it (it gathers the RNG states, and under FSDP the whole tensors);
     rank 0 writes, and no rank returns before the checkpoint is complete."""
     final = checkpoint_dir(run.out_dir, run.step)
+    _save_into(run, final)
+    run.saved_step = run.step
+    return final
+
+
+def save_best(run: Run) -> Path:
+    """Replace ``best/`` with a checkpoint of this step (``train.keep_best``); the old copy
+    is removed only once the new one is complete. Every rank calls it."""
+    final = run.out_dir / BEST
+    _save_into(run, final)
+    return final
+
+
+def _save_into(run: Run, final: Path) -> None:
     model_tensors = run.parallel.state_dict()
     optimizer = run.parallel.optimizer_state_dict(run.optimizer)
     rngs = gather_rng()
-    run.saved_step = run.step
     if is_main():
         _write_checkpoint(run, final, model_tensors, optimizer, rngs)
     barrier()
-    return final
+
+
+def save_model(run: Run, path: Path, tensors: Mapping[str, Tensor]) -> None:
+    """Write the model file at ``path``. A LoRA run writes its adapters only, with the
+    frozen base (``base.safetensors`` in the run folder) referenced by path and sha256."""
+    extra = {"step": str(run.step)}
+    if run.cfg.lora is not None:
+        tensors = adapter_state(dict(tensors))
+        extra[BASE_KEY] = json.dumps(base_reference(run.out_dir / BASE_FILE, path.parent))
+    save(run.model, path, extra=extra, tensors=tensors)
+
+
+def write_lora_base(run: Run) -> None:
+    """A fresh LoRA run: write the frozen base weights once, as ``base.safetensors``.
+    Every rank calls it (a collective under FSDP); rank 0 writes."""
+    tensors = base_state(dict(run.parallel.state_dict()))
+    if is_main():
+        save(run.model, run.out_dir / BASE_FILE, extra={"lora": "base"}, tensors=tensors)
+    barrier()
 
 
 def _write_checkpoint(run: Run, final: Path, model_tensors: Mapping[str, Tensor],
@@ -56,15 +98,17 @@ def _write_checkpoint(run: Run, final: Path, model_tensors: Mapping[str, Tensor]
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save(run.model, tmp / MODEL_FILE, extra={"step": str(run.step)}, tensors=model_tensors)
+    save_model(run, tmp / MODEL_FILE, model_tensors)
     tensors, optimizer_meta = split_optimizer_state(optimizer)
     save_tensors(tensors, tmp / OPTIMIZER_FILE)
     write_text(tmp / "state.json", json.dumps(_train_state(run, optimizer_meta, rngs)))
     write_text(tmp / COMPLETE, f"{run.step}\n")
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, old)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _train_state(run: Run, optimizer_meta: dict[str, Any],
@@ -76,7 +120,7 @@ def _train_state(run: Run, optimizer_meta: dict[str, Any],
         "elapsed_s": run.elapsed,
         "world_size": world_size(),
         "strategy": run.parallel.strategy,
-        "scheduler": {"kind": "warmup-cosine", "base_lr": run.cfg.lr,
+        "scheduler": {"kind": f"warmup-{run.cfg.schedule}", "base_lr": run.cfg.lr,
                       "warmup_steps": run.cfg.warmup_steps, "total_steps": run.total,
                       "min_lr_ratio": run.cfg.min_lr_ratio, "next_lr": run.lr(run.step)},
         "optimizer": optimizer_meta,
@@ -84,6 +128,10 @@ def _train_state(run: Run, optimizer_meta: dict[str, Any],
         "skipped_steps": run.skipped,
         "rng": rngs[0],
     }
+    if run.eval_state:
+        state["eval"] = run.eval_state
+    if run.should_stop:
+        state["stopped"] = run.stop_reason or "stopped by a callback"
     if len(rngs) > 1:
         state["rng_ranks"] = rngs
     state.update(data_position(run))
@@ -114,6 +162,9 @@ def restore_run(run: Run, checkpoint: Path, state: Mapping[str, Any]) -> None:
     run.step = run.saved_step = int(state["step"])
     run.elapsed = float(state.get("elapsed_s", 0.0))
     run.skipped = int(state.get("skipped_steps", 0))
+    run.eval_state = dict(state.get("eval") or {})
+    if state.get("stopped"):
+        run.stop(str(state["stopped"]))
     restore_data_position(run, state)
     if run.step > run.total:
         raise TrainingError(f"{checkpoint.name} is past the {run.total} steps asked for; "

@@ -1,5 +1,5 @@
-"""Metric rows: the running window between log rows, ``metrics.jsonl`` (one JSON row per
-log step), TensorBoard, and the reports drawn from them (``metrics.csv``, ``loss.png``)."""
+"""Metric rows: the running window between log rows, reading and rewriting ``metrics.jsonl``
+and rows as CSV. Writing them is the loggers' job (:mod:`mmcore.training.loggers`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import csv
 import io
 import json
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmcore.checkpoint import write_text
-from mmcore.distributed import is_main
 from mmcore.training.state import Run
 
 METRICS = "metrics.jsonl"
@@ -70,18 +68,10 @@ def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def log_row(run: Run, row: dict[str, Any]) -> None:
-    """Keep ``row``; rank 0 appends it to ``metrics.jsonl`` and TensorBoard."""
+    """Keep ``row`` and hand it to the loggers and callbacks (``on_log``)."""
     run.metrics.append(row)
-    if not is_main():
-        return
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    with (run.out_dir / METRICS).open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
-    if run.writer is not None:
-        for key, value in row.items():
-            if key != "step" and isinstance(value, int | float):
-                run.writer.add_scalar(f"train/{key}", value, row["step"])
-        run.writer.flush()
+    if run.callbacks is not None:
+        run.callbacks.fire("on_log", run, row)
 
 
 def rewrite_metrics(run: Run) -> None:
@@ -101,18 +91,6 @@ def metrics_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_reports(run: Run) -> None:
-    """``metrics.csv`` and ``loss.png`` from the metric rows so far."""
-    from mmcore.plot import plot_loss
-
-    write_text(run.out_dir / "metrics.csv", metrics_csv(run.metrics))
-    if run.metrics:
-        try:
-            plot_loss(run.metrics, run.out_dir / "loss.png", title=f"{run.spec.name}: loss")
-        except OSError as exc:  # a plot must never stop training
-            warnings.warn(f"could not draw loss.png: {exc}", stacklevel=2)
-
-
 def write_spec(run: Run) -> None:
     """``spec.yaml``: the run's spec, with the schedule length it trains for."""
     import yaml
@@ -121,16 +99,3 @@ def write_spec(run: Run) -> None:
     data["train"]["steps"] = run.total
     run.out_dir.mkdir(parents=True, exist_ok=True)
     write_text(run.out_dir / "spec.yaml", yaml.safe_dump(data, sort_keys=False))
-
-
-def open_tensorboard(out_dir: Path) -> Any:
-    """A SummaryWriter into ``out_dir/tensorboard``, or None (with a warning) when the
-    ``tensorboard`` package is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        warnings.warn("train.tensorboard is on but the tensorboard package is not installed "
-                      "(pip install tensorboard); metrics go to metrics.jsonl and metrics.csv "
-                      "only", stacklevel=2)
-        return None
-    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))

@@ -1,4 +1,7 @@
-"""AdamW with weight decay on weights only, and its state as safetensors + JSON."""
+"""The optimizer (AdamW, SGD with momentum, Adafactor) with weight decay on weights only and
+optional learning rates per component, and its state as safetensors + JSON.
+
+Lion is left out: torch has none, and no small dependency is taken for it."""
 
 from __future__ import annotations
 
@@ -12,13 +15,21 @@ from mmcore.errors import CheckpointError
 from mmcore.spec import TrainSpec
 
 _DECAYED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: group options torch keeps as tuples (JSON turns them into lists)
+_PAIRS = ("betas", "eps")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd", "adafactor")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None,
+                 lr_by_component: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """Weight decay on Linear/Conv weights only; none on biases, norms, embeddings,
-    positions, CLS tokens, latents or the logit scale."""
-    decay: list[nn.Parameter] = []
-    other: list[nn.Parameter] = []
+    positions, CLS tokens, latents or the logit scale.
+
+    With ``lr_by_component`` (path -> lr, ``lr`` the base), the parameters of each named
+    component (the most specific path wins) get groups of their own, with ``component``
+    and ``lr_scale`` (its lr / ``lr``) set; the rest keep the two plain groups."""
+    owner = _component_of(model, lr_by_component or {})
+    groups: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -26,16 +37,54 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
                 continue
             seen.add(id(param))
             wanted = isinstance(module, _DECAYED) and name == "weight"
-            (decay if wanted else other).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": other, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            groups.setdefault((owner.get(id(param)), wanted), []).append(param)
+    order = [(None, True), (None, False)] + [(path, decay) for path in (lr_by_component or {})
+                                              for decay in (True, False)]
+    return [_group(groups[key], key, weight_decay, lr, lr_by_component or {})
+            for key in order if groups.get(key)]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainSpec) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, grouped by :func:`param_groups`."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             betas=cfg.betas, eps=1e-8)
+def _group(params: list[nn.Parameter], key: tuple[str | None, bool], weight_decay: float,
+           lr: float | None, lr_by_component: Mapping[str, float]) -> dict[str, Any]:
+    path, decay = key
+    group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+    if path is not None:
+        if lr is None:
+            raise ValueError("lr_by_component needs the base lr")
+        group.update(component=path, lr_scale=lr_by_component[path] / lr)
+    return group
+
+
+def _component_of(model: nn.Module, lr_by_component: Mapping[str, float]) -> dict[int, str]:
+    """Parameter id -> the most specific path of ``lr_by_component`` that holds it."""
+    owner: dict[int, str] = {}
+    for path in sorted(lr_by_component, key=lambda p: p.count(".")):  # general first
+        for module in model.modules_at(path):  # type: ignore[operator]
+            for param in module.parameters():
+                owner[id(param)] = path
+    return owner
+
+
+def make_optimizer(model: nn.Module, cfg: TrainSpec) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` (AdamW, SGD with momentum, Adafactor) over the trainable
+    parameters, grouped by :func:`param_groups`."""
+    groups = param_groups(model, cfg.weight_decay, lr=cfg.lr,
+                          lr_by_component=cfg.lr_by_component)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adafactor":
+        return torch.optim.Adafactor(groups, lr=cfg.lr)
+    if cfg.optimizer != "adamw":
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; optimizers are "
+                         f"{', '.join(OPTIMIZERS)}")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set each group's lr: ``lr`` times its ``lr_scale`` (1 when it has none)."""
+    for group in optimizer.param_groups:
+        scale = group.get("lr_scale")
+        group["lr"] = lr if scale is None else lr * scale
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -65,8 +114,8 @@ def join_optimizer_state(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
         slots.setdefault(int(index), {})[key] = value
     for index, values in meta["scalars"].items():
         slots.setdefault(int(index), {}).update(values)
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g)
-              for g in meta["param_groups"]]
+    groups = [{k: tuple(v) if k in _PAIRS and isinstance(v, list) else v
+               for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": slots, "param_groups": groups}
 
 

@@ -16,14 +16,15 @@ from mmcore.parallel import Parallel, resolve_strategy
 from mmcore.spec import ModelSpec
 from mmcore.training.checkpoints import read_state, restore_run
 from mmcore.training.data import steps_per_epoch
-from mmcore.training.metrics import METRICS, open_tensorboard
+from mmcore.training.metrics import METRICS
 from mmcore.training.optim import make_optimizer
 from mmcore.training.parts import checkpoint_encoders, freeze
 from mmcore.training.rng import rank_seed, seed_everything
 from mmcore.training.state import Run, TrainingError
 
 #: what ``overwrite`` deletes from an earlier run besides its checkpoints
-_RUN_FILES = (METRICS, "metrics.csv", "loss.png", MODEL_FILE, "spec.yaml")
+_RUN_FILES = (METRICS, "metrics.csv", "loss.png", MODEL_FILE, "spec.yaml",
+              "base.safetensors")
 
 
 def open_run(spec: ModelSpec, out_dir: Path, *, resume: bool, steps: int | None,
@@ -49,6 +50,7 @@ def open_run(spec: ModelSpec, out_dir: Path, *, resume: bool, steps: int | None,
 def _clear_run(out_dir: Path) -> None:
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    shutil.rmtree(out_dir / "best", ignore_errors=True)
     for name in _RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
 
@@ -62,6 +64,10 @@ def _prepare_model(spec: ModelSpec, device: str) -> Any:
     freeze(model, spec.train.freeze)
     if spec.train.activation_checkpointing:
         checkpoint_encoders(model, spec.train.activation_checkpointing)
+    if spec.train.lora is not None:  # LoRA (mmcore.lora): only the adapters train
+        from mmcore import lora
+
+        lora.apply(model, spec.train.lora)
     return model
 
 
@@ -92,8 +98,7 @@ def make_run(spec: ModelSpec, out_dir: Path, model: Any, dataset: TrainData, tot
     seed_everything(rank_seed(cfg.seed, rank()))
     return Run(spec, out_dir, model, parallel, make_optimizer(model, cfg), dataset,
                total=total, device=device, scaler=scaler,
-               steps_per_epoch=steps_per_epoch(cfg, dataset),
-               writer=open_tensorboard(out_dir) if cfg.tensorboard and is_main() else None)
+               steps_per_epoch=steps_per_epoch(cfg, dataset))
 
 
 def _resumed_run(spec: ModelSpec, out_dir: Path, checkpoint: Path, steps: int | None,

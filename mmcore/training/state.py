@@ -29,7 +29,7 @@ class Run:
     out_dir: Path
     model: Any  # MultimodalModel
     parallel: Parallel
-    optimizer: torch.optim.AdamW
+    optimizer: torch.optim.Optimizer
     dataset: TrainData
     total: int
     device: str = "cpu"
@@ -42,7 +42,16 @@ class Run:
     epoch_step: int = 0
     elapsed: float = 0.0
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    writer: Any = None  # a TensorBoard SummaryWriter on rank 0, when asked for
+    writer: Any = None  # unused: TensorBoard is a logger (mmcore.training.loggers)
+    #: set by a callback (or early stopping) to end the run after this step, as if it
+    #: had reached its last step (the final model is saved)
+    should_stop: bool = False
+    stop_reason: str | None = None
+    #: what periodic evaluation keeps across a resume: ``best`` (keep_best's metric, value,
+    #: step) and ``early`` (early stopping's best value and evaluations without gain)
+    eval_state: dict[str, Any] = field(default_factory=dict)
+    eval_data: Any = None  # the evaluation split, when train.eval_every is set
+    callbacks: Any = None  # a mmcore.training.callbacks.Callbacks
 
     @property
     def cfg(self) -> TrainSpec:
@@ -50,8 +59,15 @@ class Run:
 
     def lr(self, step: int) -> float:
         """The learning rate of the update that makes step ``step + 1``."""
-        return self.cfg.lr * lr_factor(step, total=self.total, warmup=self.cfg.warmup_steps,
-                                       min_ratio=self.cfg.min_lr_ratio)
+        cfg = self.cfg
+        return cfg.lr * lr_factor(step, total=self.total, warmup=cfg.warmup_steps,
+                                  min_ratio=cfg.min_lr_ratio, kind=cfg.schedule,
+                                  decay_fraction=cfg.decay_fraction)
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current step (callbacks call this, or set
+        ``should_stop``)."""
+        self.should_stop, self.stop_reason = True, reason
 
     def epoch_progress(self) -> float:
         """Epochs done, as a fraction."""

@@ -1,5 +1,5 @@
 """One optimizer update: forward and backward over the micro-batches, the loss agreed on
-by every rank, clipping, the AdamW step, and what a non-finite loss or gradient does."""
+by every rank, clipping, the optimizer step, and what a non-finite loss or gradient does."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from mmcore.checkpoint import latest_checkpoint
 from mmcore.distributed import is_main, world_size
+from mmcore.training.optim import set_lr
 from mmcore.training.state import Run, TrainingError
 
 _PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,7 +28,7 @@ def _autocast(run: Run) -> AbstractContextManager[Any]:
 
 def train_step(run: Run, batches: Mapping[str, Any] | Sequence[Mapping[str, Any]]
                ) -> dict[str, float]:
-    """One AdamW update at ``run.step`` from one batch or a list of micro-batches (their
+    """One optimizer update at ``run.step`` from one batch or a list of micro-batches (their
     gradients add up, each loss divided by their number); returns the scalar losses
     (``loss`` averaged over ranks, the other terms this rank's), lr and gradient norm.
 
@@ -35,8 +36,7 @@ def train_step(run: Run, batches: Mapping[str, Any] | Sequence[Mapping[str, Any]
     step, or with ``nonfinite: skip`` skips the update and counts it."""
     micro = [batches] if isinstance(batches, Mapping) else list(batches)
     lr = run.lr(run.step)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(run.optimizer, lr)
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)
     terms = _backward(run, micro)
