@@ -42,8 +42,40 @@ _SpecLoader.yaml_implicit_resolvers = {
 _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
-def _walk(node: yaml.Node, path: str, lines: dict[str, int], issues: list[SpecIssue]) -> None:
-    """Record each key's line and report duplicate keys."""
+#: Limits on a spec's YAML (docs/reliability.md): its size, the nodes it expands to once
+#: aliases are followed (a "billion laughs" document expands exponentially) and its depth.
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_NODES = 100_000
+MAX_SPEC_DEPTH = 64
+
+
+class _Budget:
+    """Counts the nodes a walk visits; too many, too deep or a cycle is a SpecError."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.nodes = source, 0
+        self.open: set[int] = set()  # ids of the nodes on the current path
+
+    def enter(self, node: yaml.Node, path: str, depth: int) -> None:
+        self.nodes += 1
+        problem = ""
+        if id(node) in self.open:
+            problem = "a YAML alias refers to a node that contains it (a recursive alias)"
+        elif depth > MAX_SPEC_DEPTH:
+            problem = f"the spec nests deeper than {MAX_SPEC_DEPTH} levels"
+        elif self.nodes > MAX_SPEC_NODES:
+            problem = (f"the spec expands to more than {MAX_SPEC_NODES:,} values once YAML "
+                       "aliases are followed (mmcore.spec.MAX_SPEC_NODES)")
+        if problem:
+            line = node.start_mark.line + 1
+            raise SpecError([SpecIssue(path, problem, line)], self.source)
+        self.open.add(id(node))
+
+
+def _walk(node: yaml.Node, path: str, lines: dict[str, int], issues: list[SpecIssue],
+          budget: _Budget, depth: int = 0) -> None:
+    """Record each key's line and report duplicate keys, within the budget's limits."""
+    budget.enter(node, path, depth)
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -54,24 +86,31 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int], issues: list[SpecIs
                 issues.append(SpecIssue(sub, f"duplicate key (first on line {seen[key]})", line))
             seen[key] = line
             lines.setdefault(sub, line)
-            _walk(value_node, sub, lines, issues)
+            _walk(value_node, sub, lines, issues, budget, depth + 1)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             sub = f"{path}.{i}" if path else str(i)
             lines.setdefault(sub, item.start_mark.line + 1)
-            _walk(item, sub, lines, issues)
+            _walk(item, sub, lines, issues, budget, depth + 1)
+    budget.open.discard(id(node))
 
 
 def parse_yaml(text: str, source: str = "<string>") -> tuple[Any, dict[str, int]]:
-    """YAML text -> (data, key path -> line). Raises SpecError on bad YAML or duplicate keys."""
-    loader = _SpecLoader(text)
+    """YAML text -> (data, key path -> line). Raises SpecError on bad YAML, duplicate keys,
+    or a spec over the size, alias-expansion or nesting limits."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError([SpecIssue("", f"the spec is {len(text):,} characters, over the "
+                                   f"limit of {MAX_SPEC_BYTES:,} (mmcore.spec.MAX_SPEC_BYTES)")],
+                        source)
+    loader: _SpecLoader | None = None
     try:
+        loader = _SpecLoader(text)  # the reader rejects control characters here
         node = loader.get_single_node()
         if node is None:
             raise SpecError([SpecIssue("", "the spec is empty")], source)
         lines: dict[str, int] = {}
         issues: list[SpecIssue] = []
-        _walk(node, "", lines, issues)
+        _walk(node, "", lines, issues, _Budget(source))
         if issues:
             raise SpecError(issues, source)
         return loader.construct_document(node), lines
@@ -79,8 +118,12 @@ def parse_yaml(text: str, source: str = "<string>") -> tuple[Any, dict[str, int]
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise SpecError([SpecIssue("", f"not valid YAML: {exc}", line)], source) from None
+    except RecursionError:
+        raise SpecError([SpecIssue("", f"the spec nests too deeply to read (limit "
+                                   f"{MAX_SPEC_DEPTH} levels)")], source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 #: The parts of one modality's pipeline, in the order data flows through them.
@@ -383,13 +426,28 @@ def parse_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | 
     return check_spec(data, lines, source, registry).raise_issues()
 
 
+def read_spec_text(path: Path) -> str:
+    """A spec file's text: UTF-8 and at most MAX_SPEC_BYTES, checked before it is read."""
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError([SpecIssue("", f"the spec file is {size:,} bytes, over the limit of "
+                                   f"{MAX_SPEC_BYTES:,} (mmcore.spec.MAX_SPEC_BYTES)")],
+                        str(path))
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([SpecIssue("", f"not UTF-8 text (byte {exc.start}: "
+                                   f"{exc.object[exc.start:exc.start + 1]!r}); save the "
+                                   "spec as UTF-8")], str(path)) from None
+
+
 def resolve_source(source: str | Path, registry: Registry) -> tuple[str, str]:
     """A path or a preset name -> (YAML text, display name)."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise SpecError([SpecIssue("", f"no such spec file: {path}")], str(source))
-        return path.read_text(encoding="utf-8"), str(path)
+        return read_spec_text(path), str(path)
     name = str(source)
     presets = registry.names("preset")
     if name not in presets:
