@@ -54,6 +54,10 @@ class GenerationConfig(BaseModel):
     forced_tokens: dict[int, int] = Field(default_factory=dict)
     #: keep each step's raw logits in the output (greedy and sampling)
     output_logits: bool = False
+    #: keep each chosen token's log-probability (greedy and sampling): log-softmax of the
+    #: scores after the constraints and the caller's processors, before the sampling
+    #: warpers (temperature, top-k, top-p); 0 once a row has stopped
+    output_token_logprobs: bool = False
     #: seeds a ``torch.Generator`` for sampling when none is passed to ``generate``
     seed: int | None = None
     max_beams: int = Field(MAX_BEAMS, ge=1)

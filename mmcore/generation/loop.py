@@ -38,7 +38,11 @@ def _steps(decoder: Decoder, run: Run, config: GenerationConfig) -> Iterator[Ten
         logits = logits.float()  # (R, V)
         if config.output_logits:
             run.logits.append(logits)
-        token = _choose(apply(run.processors, run.ids, logits), config.do_sample, run.generator)
+        scores = apply(run.processors[: run.warpers_from], run.ids, logits)
+        warped = apply(run.processors[run.warpers_from :], run.ids, scores)
+        token = _choose(warped, config.do_sample, run.generator)
+        if config.output_token_logprobs:
+            _keep_logprob(run, scores, token)
         if run.stop.active and pad is not None:
             token = torch.where(run.unfinished, token, torch.full_like(token, pad))
         run.ids = torch.cat([run.ids, token[:, None]], dim=1)
@@ -50,6 +54,12 @@ def _steps(decoder: Decoder, run: Run, config: GenerationConfig) -> Iterator[Ten
         if i + 1 == config.max_new_tokens or not bool(run.unfinished.any()):
             return
         logits, cache = decoder.step(token[:, None], run.mask, cache)
+
+
+def _keep_logprob(run: Run, scores: Tensor, token: Tensor) -> None:
+    """Record each row's chosen-token log-probability (R,), 0 for rows already stopped."""
+    chosen = torch.log_softmax(scores, dim=-1).gather(1, token[:, None])[:, 0]
+    run.token_logprobs.append(torch.where(run.unfinished, chosen, torch.zeros_like(chosen)))
 
 
 def _expand(config: GenerationConfig) -> int:
@@ -75,8 +85,11 @@ def generate(decoder: Decoder, input_ids: Tensor, *, attention_mask: Tensor | No
     for _ in _steps(decoder, run, config):
         pass
     logits = torch.stack(run.logits, dim=1) if config.output_logits else None
+    logprobs = (torch.stack(run.token_logprobs, dim=1) if config.output_token_logprobs
+                else None)
     finished = ~run.unfinished if run.stop.active else torch.zeros_like(run.unfinished)
-    return GenerationOutput(run.ids, run.prompt_length, finished, logits=logits)
+    return GenerationOutput(run.ids, run.prompt_length, finished, logits=logits,
+                            token_logprobs=logprobs)
 
 
 @torch.no_grad()

@@ -164,6 +164,13 @@ def build_processors(config: GenerationConfig, *, prompt_length: int,
     caller's, e.g. a model's rules) after the constraints and before the sampling warpers.
 
     ``prompt_mask (R, T)`` bool: the prompt's padding (for the repetition penalty)."""
+    return [*build_constraints(config, prompt_length=prompt_length, prompt_mask=prompt_mask),
+            *extra, *build_warpers(config)]
+
+
+def build_constraints(config: GenerationConfig, *, prompt_length: int,
+                      prompt_mask: Tensor | None = None) -> list[Processor]:
+    """The penalties and constraints ``config`` asks for (not the sampling warpers)."""
     out: list[Processor] = []
     if config.repetition_penalty != 1.0:
         out.append(RepetitionPenalty(config.repetition_penalty, prompt_mask))
@@ -175,7 +182,12 @@ def build_processors(config: GenerationConfig, *, prompt_length: int,
         out.append(SuppressAtBegin(config.begin_suppress_tokens, prompt_length))
     if config.forced_tokens:
         out.append(ForceTokens(config.forced_tokens, prompt_length))
-    out.extend(extra)
+    return out
+
+
+def build_warpers(config: GenerationConfig) -> list[Processor]:
+    """The sampling warpers (temperature, top-k, top-p); none unless ``do_sample``."""
+    out: list[Processor] = []
     if config.do_sample:
         # beam sampling keeps one more token than there are stop tokens (transformers)
         min_keep = max(len(config.eos_ids) + 1, 2) if config.num_beams > 1 else 1

@@ -52,7 +52,9 @@ class GenerationOutput:
     token or stop string (rather than running out of ``max_new_tokens``).
     ``sequence_scores``: beam search only, each returned hypothesis's length-penalised
     score. ``logits``: with ``output_logits`` (greedy and sampling), the raw next-token
-    logits of every step, (B, n, V) float32.
+    logits of every step, (B, n, V) float32. ``token_logprobs``: with
+    ``output_token_logprobs`` (greedy and sampling), each chosen token's log-probability
+    (B, n) float32 (see :class:`~mmcore.generation.GenerationConfig`).
     """
 
     sequences: Tensor
@@ -60,6 +62,7 @@ class GenerationOutput:
     finished: Tensor
     sequence_scores: Tensor | None = None
     logits: Tensor | None = None
+    token_logprobs: Tensor | None = None
 
     @property
     def new_tokens(self) -> Tensor:

@@ -10,14 +10,15 @@ import torch
 from torch import Tensor
 
 from mmcore.generation.config import GenerationConfig
-from mmcore.generation.processors import Processor, build_processors
+from mmcore.generation.processors import Processor, build_constraints, build_warpers
 from mmcore.generation.stopping import Detokenize, StopCriteria
 
 
 @dataclass
 class Run:
     """The state of one call: sequences so far (R, T + n), their mask (R, T + n) bool, and
-    which rows are still going (R,)."""
+    which rows are still going (R,). ``processors[:warpers_from]`` are the constraints and
+    the caller's processors, the rest the sampling warpers."""
 
     ids: Tensor
     mask: Tensor
@@ -25,8 +26,10 @@ class Run:
     processors: list[Processor]
     stop: StopCriteria
     generator: torch.Generator | None
+    warpers_from: int
     unfinished: Tensor = field(init=False)
     logits: list[Tensor] = field(default_factory=list)
+    token_logprobs: list[Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.unfinished = torch.ones(self.ids.shape[0], dtype=torch.bool, device=self.ids.device)
@@ -60,8 +63,10 @@ def start(input_ids: Tensor, attention_mask: Tensor | None, config: GenerationCo
     ids = input_ids.long().repeat_interleave(expand, dim=0)  # (B * expand, T)
     mask = mask.repeat_interleave(expand, dim=0)
     t = ids.shape[1]
-    built = build_processors(config, prompt_length=t, prompt_mask=mask, extra=processors)
+    built = [*build_constraints(config, prompt_length=t, prompt_mask=mask), *processors]
+    warpers_from = len(built)
+    built += build_warpers(config)
     stop = StopCriteria(config.eos_ids, config.stop_strings, detokenize)
     if config.do_sample and generator is None and config.seed is not None:
         generator = torch.Generator(device=ids.device).manual_seed(config.seed)
-    return Run(ids, mask, t, built, stop, generator)
+    return Run(ids, mask, t, built, stop, generator, warpers_from)

@@ -6,7 +6,8 @@ embedding by default) conditioned on the output tokens named ``context`` (a moda
 encoded tokens, or ``fused``). Training is teacher forcing: from the caption ids
 ``batch[text]`` (``{"ids", "mask"}`` or bare ids), predict ids[1:] from ids[:-1];
 cross-entropy ignores padding (mask False, or ``pad_id`` for bare ids). Captions are
-decoded with :meth:`Captioning.generate` (KV-cached, greedy or sampled).
+decoded with :meth:`Captioning.generate` (KV-cached, greedy or sampled, through the one
+generation loop of :mod:`mmcore.generation`).
 """
 
 from __future__ import annotations

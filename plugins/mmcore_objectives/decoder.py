@@ -5,7 +5,8 @@ cross-attention, MLP), so teacher forcing is the stack's own forward. Generation
 cache reuses the same blocks piece by piece (norms, projections, the kernel set's attention,
 MLP) in the order :class:`mmcore.layers.TransformerBlock` applies them: self-attention keys
 and values are appended per layer at each step, cross-attention keys and values are
-computed once from the context. tests/test_captioning.py checks that cached generation
+computed once from the context. Generation runs the one loop of :mod:`mmcore.generation`
+through :class:`CaptionRunner`. tests/test_captioning.py checks that cached generation
 equals recomputing the whole sequence at every step.
 """
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mmcore.contract import Tokens
+from mmcore.generation import GenerationConfig, generate
 from mmcore.kernels import KernelSet
 from mmcore.layers import LearnedPositions, TransformerBlock, TransformerStack
 from mmcore.layers.attention import MultiHeadAttention
@@ -150,37 +152,76 @@ class CaptionDecoder(nn.Module):
                  greedy: bool = True, temperature: float = 1.0, pad_id: int | None = None,
                  use_cache: bool = True, generator: torch.Generator | None = None
                  ) -> Generation:
-        """Decode from BOS until every row emits EOS or ``max_new_tokens`` are made.
+        """Decode from BOS until every row emits EOS or ``max_new_tokens`` are made, through
+        the one generation loop (:func:`mmcore.generation.generate`).
 
         ``use_cache=False`` recomputes the whole sequence at every step (the reference the
         cache is tested against). Sampling (``greedy=False``) divides logits by
         ``temperature``."""
         if 1 + max_new_tokens > self.max_length:
             raise ValueError(f"1 + {max_new_tokens} tokens exceed max_length {self.max_length}")
-        b = context.x.shape[0]
-        ids = torch.full((b, 1), bos_id, dtype=torch.long, device=context.x.device)
-        finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        cache = self.start_cache(context) if use_cache else None
-        steps: list[Tensor] = []
-        for _ in range(max_new_tokens):
-            logits = self._next_logits(ids, context, cache)  # (B, V)
-            token = self._choose(logits, greedy, temperature, generator)
-            token = token.masked_fill(finished, eos_id if pad_id is None else pad_id)
-            ids, finished = torch.cat([ids, token[:, None]], dim=1), finished | (token == eos_id)
-            steps.append(logits)
-            if bool(finished.all()):
-                break
-        return Generation(ids, torch.stack(steps, dim=1), finished)
+        ids = torch.full((context.x.shape[0], 1), bos_id, dtype=torch.long,
+                         device=context.x.device)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos_id,
+                                  pad_token_id=pad_id, do_sample=not greedy,
+                                  temperature=temperature, output_logits=True)
+        out = generate(CaptionRunner(self, context, use_cache=use_cache), ids, config=config,
+                       generator=generator)
+        assert out.logits is not None
+        return Generation(out.sequences, out.logits, out.finished)
 
-    def _next_logits(self, ids: Tensor, context: Tokens, cache: DecoderCache | None) -> Tensor:
-        if cache is None:
-            return self(ids, context)[:, -1]
-        return self.step(ids[:, cache.length :], cache)[:, -1]
 
-    @staticmethod
-    def _choose(logits: Tensor, greedy: bool, temperature: float,
-                generator: torch.Generator | None) -> Tensor:
-        if greedy:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+@dataclass
+class _RunnerState:
+    """The loop's opaque cache: the KV cache, or the sequences so far without one."""
+
+    cache: DecoderCache | None
+    ids: Tensor | None = None
+
+
+class CaptionRunner:
+    """A :class:`CaptionDecoder` reading ``context`` (B, Nc, Dc) as a
+    :class:`mmcore.generation.Decoder`: ``prefill`` builds the cache (cross-attention keys
+    and values from the context) and runs the prompt (BOS); prompts are not padded."""
+
+    def __init__(self, decoder: CaptionDecoder, context: Tokens, *,
+                 use_cache: bool = True) -> None:
+        self.decoder, self.context, self.use_cache = decoder, context, use_cache
+
+    def _context(self, rows: int) -> Tokens:
+        """The context repeated for ``rows`` rows (beams or samples per item). (R, Nc, Dc)"""
+        times = rows // self.context.x.shape[0]
+        if times == 1:
+            return self.context
+        mask = self.context.mask
+        return Tokens(self.context.x.repeat_interleave(times, dim=0),
+                      None if mask is None else mask.repeat_interleave(times, dim=0))
+
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, _RunnerState]:
+        """Prompts (R, T) -> last-position logits (R, V) and the state."""
+        if not bool(attention_mask.all()):
+            raise ValueError("the captioning decoder takes unpadded prompts")
+        context = self._context(input_ids.shape[0])
+        if not self.use_cache:
+            return self.decoder(input_ids, context)[:, -1], _RunnerState(None, input_ids)
+        cache = self.decoder.start_cache(context)
+        return self.decoder.step(input_ids, cache)[:, -1], _RunnerState(cache)
+
+    def step(self, next_ids: Tensor, attention_mask: Tensor,
+             state: _RunnerState) -> tuple[Tensor, _RunnerState]:
+        """The chosen ids (R, 1) -> next logits (R, V)."""
+        if state.cache is None:
+            assert state.ids is not None
+            state.ids = torch.cat([state.ids, next_ids], dim=1)
+            return self.decoder(state.ids, self._context(state.ids.shape[0]))[:, -1], state
+        return self.decoder.step(next_ids, state.cache)[:, -1], state
+
+    def reorder_cache(self, state: _RunnerState, rows: Tensor) -> _RunnerState:
+        """Keep row ``rows[i]`` (R,) as row ``i`` (beam search; rows stay with their item,
+        so the cross-attention keys need no reordering)."""
+        if state.ids is not None:
+            state.ids = state.ids[rows]
+        for layer in state.cache.layers if state.cache is not None else []:
+            if layer.self_k is not None and layer.self_v is not None:
+                layer.self_k, layer.self_v = layer.self_k[rows], layer.self_v[rows]
+        return state

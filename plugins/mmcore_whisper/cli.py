@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from mmcore.commands import (
     EXIT_OK,
@@ -18,7 +19,38 @@ EPILOG = """\
 examples:
   mmcore transcribe ./whisper-tiny talk.wav
   mmcore transcribe whisper.safetensors a.wav b.wav --timestamps --json
-Audio longer than 30 s is decoded in 30 s windows."""
+  mmcore transcribe ./whisper-tiny *.wav --policy openai-whisper --batch-size 8
+Audio longer than 30 s is decoded in 30 s windows. The default policy decodes as
+transformers' generate does (one temperature, no thresholds); --policy openai-whisper
+uses openai-whisper's transcribe defaults (temperatures 0,0.2,0.4,0.6,0.8,1.0,
+compression-ratio threshold 2.4, log-probability threshold -1.0, no-speech threshold 0.6,
+conditioning on previous text, best of 5). Options given explicitly override either."""
+
+
+#: the default of the thresholds: not given (the policy's value applies), unlike None (off)
+_UNSET: Any = object()
+
+
+def _optional_float(text: str) -> float | None:
+    """A number, or 'none' to turn a threshold off."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def _temperatures(text: str) -> tuple[float, ...]:
+    """'0' or '0,0.2,0.4' -> the temperatures to try in order."""
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got "
+                                         f"{text!r}") from None
+    if not values or any(t < 0 for t in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be >= 0, got {text!r}")
+    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="an mmcore checkpoint, or a foreign "
                         "folder (e.g. Hugging Face Whisper)")
     parser.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV files")
-    parser.add_argument("--beam-size", type=positive_int, default=1, metavar="N",
-                        help="beam search with N beams (default 1: greedy)")
+    parser.add_argument("--beam-size", type=positive_int, default=None, metavar="N",
+                        help="beam search with N beams at temperature 0 (default 1: greedy)")
     parser.add_argument("--language", default=None, metavar="CODE",
                         help="spoken language code, e.g. en (default: detect; none for .en "
                              "models)")
@@ -38,7 +70,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predict timestamps; print segments with their times")
     parser.add_argument("--tokenizer", default=None, metavar="FILE",
                         help="tokenizer.json to use instead of the one the checkpoint names")
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                        help="transcribe N files at once (encoder and decoder batched)")
+    _add_policy_arguments(parser)
     add_json_flag(parser)
+
+
+def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    policy = parser.add_argument_group("decoding policy (openai-whisper's)")
+    policy.add_argument("--policy", choices=["transformers", "openai-whisper"],
+                        default="transformers",
+                        help="defaults of the options below: transformers' generate (one "
+                             "temperature, no thresholds) or openai-whisper's transcribe")
+    policy.add_argument("--temperature", type=_temperatures, default=None, metavar="T[,T...]",
+                        help="temperatures tried in order until a window passes the "
+                             "thresholds (openai-whisper: 0,0.2,0.4,0.6,0.8,1.0; default 0)")
+    policy.add_argument("--best-of", type=positive_int, default=None, metavar="N",
+                        help="samples per window at a temperature above 0 (default 5)")
+    policy.add_argument("--compression-ratio-threshold", type=_optional_float, default=_UNSET,
+                        metavar="X", help="retry when the text's zlib compression ratio is "
+                        "above X (openai-whisper: 2.4; 'none': off)")
+    policy.add_argument("--logprob-threshold", type=_optional_float, default=_UNSET,
+                        metavar="X", help="retry when the average log-probability is below X "
+                        "(openai-whisper: -1.0; 'none': off)")
+    policy.add_argument("--no-speech-threshold", type=_optional_float, default=_UNSET,
+                        metavar="X", help="skip a window as silence when P(<|nospeech|>) is "
+                        "above X and the log-probability is below its threshold "
+                        "(openai-whisper: 0.6; 'none': off)")
+    policy.add_argument("--condition-on-previous-text", action=argparse.BooleanOptionalAction,
+                        default=None, help="prompt each window with the text before it "
+                        "(openai-whisper: on)")
+    policy.add_argument("--initial-prompt", default=None, metavar="TEXT",
+                        help="text prompting the first window (e.g. spellings, style)")
+
+
+def decode_options(args: argparse.Namespace) -> Any:
+    """The :class:`DecodeOptions` the arguments ask for."""
+    from mmcore_whisper.options import DecodeOptions
+
+    base = DecodeOptions.openai_whisper() if args.policy == "openai-whisper" else \
+        DecodeOptions()
+    given = {"beam_size": args.beam_size, "temperatures": args.temperature,
+             "best_of": args.best_of,
+             "condition_on_previous_text": args.condition_on_previous_text}
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"):
+        if getattr(args, name) is not _UNSET:
+            changes[name] = getattr(args, name)
+    return base.with_(language=args.language, task=args.task, timestamps=args.timestamps,
+                      initial_prompt=args.initial_prompt, **changes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,18 +126,18 @@ def run(args: argparse.Namespace) -> int:
     mmcore import) or a foreign checkpoint folder a converter recognises, such as a Hugging
     Face Whisper folder (imported in memory). Prints each file's text; --timestamps prints
     segments; --json prints {"audio", "language", "text", "segments": [{"start", "end",
-    "text"}]} per file."""
+    "text"}]} per file (segments also give "temperature", "avg_logprob",
+    "compression_ratio" and "no_speech_prob" when a decoding policy is in use)."""
     from mmcore_whisper.decoder import WhisperDecoder
-    from mmcore_whisper.transcribe import DecodeOptions, transcribe
+    from mmcore_whisper.transcribe import transcribe
 
     model = load_any_model(args.model)
     if not any(isinstance(h, WhisperDecoder) for h in model.heads.values()):
         raise UsageError(f"{args.model} has no head that transcribes audio (heads: "
                          f"{', '.join(sorted(model.heads)) or 'none'})")
-    options = DecodeOptions(beam_size=args.beam_size, language=args.language, task=args.task,
-                            timestamps=args.timestamps)
-    results = [r.as_dict() for r in transcribe(model, args.audio, options,
-                                               tokenizer=args.tokenizer)]
+    options = decode_options(args)
+    results = [r.as_dict(details=options.uses_policy) for r in transcribe(
+        model, args.audio, options, tokenizer=args.tokenizer, batch_size=args.batch_size)]
     if args.json:
         print_json([{"audio": a, **r} for a, r in zip(args.audio, results, strict=True)])
         return EXIT_OK

@@ -150,6 +150,8 @@ def special_tokens(folder: Path, config: Mapping[str, Any], vocab_size: int) -> 
         "suppress": _in_vocab(_first("suppress_tokens", generation, config), vocab_size),
         "begin_suppress": _in_vocab(_first("begin_suppress_tokens", generation, config),
                                     vocab_size),
+        "no_speech": added.get("<|nospeech|>", added.get("<|nocaptions|>")),
+        "previous": added.get("<|startofprev|>"),
         "max_initial_timestamp_index": generation.get("max_initial_timestamp_index"),
         "max_length": _first("max_length", generation, config),
         "tokenizer": str((folder / "tokenizer.json").resolve())

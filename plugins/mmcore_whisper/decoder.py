@@ -7,11 +7,11 @@ the audio tokens), ``fc1`` -> GELU -> ``fc2``, each after its own LayerNorm; a f
 ``layer_norm``; logits = hidden @ ``embed_tokens.weight``.T (the tied output projection).
 
 As a head, ``forward(fused)`` returns the logits of the token after
-``<|startoftranscript|>`` (B, V): what Whisper's language detection reads. Decoding (greedy,
-beam search, timestamps) lives in :mod:`mmcore_whisper.decoding`; it drives
-:meth:`WhisperDecoder.start_cache` and :meth:`WhisperDecoder.step`, which keep
-self-attention keys/values in a preallocated cache and compute the cross-attention keys/values
-once per utterance.
+``<|startoftranscript|>`` (B, V): what Whisper's language detection reads. Decoding goes
+through :mod:`mmcore.generation` (:mod:`mmcore_whisper.runner` adapts this decoder to its
+protocol): :meth:`WhisperDecoder.start_cache` and :meth:`WhisperDecoder.step` keep
+self-attention keys/values in a preallocated cache and compute the cross-attention
+keys/values once per utterance.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ class WhisperDecoderLayer(nn.Module):
 @dataclass
 class KVCache:
     """Per layer: self-attention keys/values (R, H, L_max, Dh), filled up to ``length``;
-    cross-attention keys/values (R or 1, H, Nc, Dh), computed once from the audio.
+    cross-attention keys/values computed once from the audio: (R, H, Nc, Dh) (expanded
+    from one item when rows share it), or (B, H, Nc, Dh) with ``group`` = R / B rows per
+    item (beams or samples of several utterances; their queries are folded per item).
 
     ``output``: the output projection (D, V), a contiguous copy of
     ``embed_tokens.weight``.T. A step multiplies one row by it; streaming it in this order
@@ -130,9 +132,11 @@ class KVCache:
     context_mask: Tensor | None
     output: Tensor
     length: int = 0
+    group: int = 1
 
     def reorder(self, rows: Tensor) -> None:
-        """Keep the self-attention rows ``rows`` (R,) in this order (beam search)."""
+        """Keep the self-attention rows ``rows`` (R,) in this order (beam search; a row
+        stays among its item's rows, so the cross-attention keys need no reordering)."""
         n = self.length
         for t in (*self.self_k, *self.self_v):
             t[:, :, :n] = t[rows, :, :n]  # the index makes a copy first
@@ -201,10 +205,17 @@ class WhisperDecoder(Head):
         return attn.merge(self.kernels.attention(q, k, v, causal=True))
 
     def _cross(self, layer: WhisperDecoderLayer, x: Tensor, k: Tensor, v: Tensor,
-               mask: Tensor | None) -> Tensor:
+               mask: Tensor | None, group: int = 1) -> Tensor:
+        """Cross-attention of x (R, n, D) to keys/values (R / group, H, Nc, Dh)."""
         attn = layer.encoder_attn
-        q = attn.split(attn.q_proj(layer.encoder_attn_layer_norm(x)))  # (B, H, n, Dh)
-        return attn.merge(self.kernels.cross_attention(q, k, v, key_padding_mask=mask))
+        q = attn.split(attn.q_proj(layer.encoder_attn_layer_norm(x)))  # (R, H, n, Dh)
+        if group == 1:
+            return attn.merge(self.kernels.cross_attention(q, k, v, key_padding_mask=mask))
+        r, h, n, dh = q.shape  # fold each item's rows into its queries: (B, H, group * n, Dh)
+        q = q.view(r // group, group, h, n, dh).transpose(1, 2).reshape(r // group, h, -1, dh)
+        out = self.kernels.cross_attention(q, k, v, key_padding_mask=mask)
+        out = out.view(r // group, h, group, n, dh).transpose(1, 2).reshape(r, h, n, dh)
+        return attn.merge(out)
 
     def _check_length(self, length: int) -> None:
         if length > self.cfg.max_positions:
@@ -216,18 +227,22 @@ class WhisperDecoder(Head):
     def start_cache(self, context: Tokens, rows: int | None = None,
                     max_length: int | None = None) -> KVCache:
         """An empty cache for ``rows`` sequences (default: one per context item) reading
-        ``context`` (B, Nc, Dc); B may be 1 for rows that share one utterance (beams)."""
+        ``context`` (B, Nc, Dc); each item's rows (R / B of them) are consecutive.
+        ``max_length``: cache slots (default the decoder's positions; left padding may
+        take more slots than positions)."""
         batch = context.x.shape[0]
         rows = rows or batch
-        if rows != batch and batch != 1:
+        if rows % batch:
             raise ValueError(f"{rows} rows cannot share {batch} context items")
         length = max_length or self.cfg.max_positions
-        self._check_length(length)
         shape = (rows, self.cfg.heads, length, self.cfg.width // self.cfg.heads)
         dtype, device = context.x.dtype, context.x.device
         self_k = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
         self_v = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
         cross = [layer.encoder_attn.keys_values(context.x) for layer in self._layers()]
+        if batch > 1 and rows > batch:  # several items with several rows each
+            return KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross],
+                           context.mask, self._output(), group=rows // batch)
         k = [k.contiguous().expand(rows, -1, -1, -1) for k, _ in cross]  # beams: one copy
         v = [v.contiguous().expand(rows, -1, -1, -1) for _, v in cross]
         mask = None if context.mask is None else context.mask.expand(rows, -1)
@@ -243,32 +258,51 @@ class WhisperDecoder(Head):
             self._output_cache = (key, weight.t().contiguous())
         return self._output_cache[1]
 
-    def step(self, ids: Tensor, cache: KVCache) -> Tensor:
+    def step(self, ids: Tensor, cache: KVCache, *, positions: Tensor | None = None,
+             key_mask: Tensor | None = None) -> Tensor:
         """The next ids (R, n) after ``cache.length`` tokens -> logits (R, n, V); their
-        keys and values are written into the cache."""
+        keys and values are written into the cache. See :meth:`step_hidden`."""
+        return self.step_hidden(ids, cache, positions=positions, key_mask=key_mask) @ \
+            cache.output
+
+    def step_hidden(self, ids: Tensor, cache: KVCache, *, positions: Tensor | None = None,
+                    key_mask: Tensor | None = None) -> Tensor:
+        """The next ids (R, n) -> final-normed hidden states (R, n, D). Left-padded rows
+        give ``positions (R, n)`` (each token's position among its row's real tokens) and
+        ``key_mask (R, cache.length + n)`` bool (False: padding); by default the ids sit at
+        positions ``cache.length ...`` and every key is real."""
         start, n = cache.length, ids.shape[1]
         end = start + n
         if cache.self_k and end > cache.self_k[0].shape[2]:
             raise ValueError(f"{end} tokens exceed the cache's {cache.self_k[0].shape[2]}")
-        x = self.embed_tokens(ids) + self.embed_positions.weight[start:end]  # (R, n, D)
+        if positions is None:
+            self._check_length(end)
+            x = self.embed_tokens(ids) + self.embed_positions.weight[start:end]  # (R, n, D)
+        else:
+            x = self.embed_tokens(ids) + self.embed_positions(positions)
         for i, layer in enumerate(self._layers()):
-            x = x + self._cached_self_attention(layer, x, cache, i, start, end)
+            x = x + self._cached_self_attention(layer, x, cache, i, (start, end), key_mask)
             x = x + self._cross(layer, x, cache.cross_k[i], cache.cross_v[i],
-                                cache.context_mask)
+                                cache.context_mask, cache.group)
             x = x + layer.mlp(x)
         cache.length = end
-        return self.layer_norm(x) @ cache.output  # (R, n, V)
+        return self.layer_norm(x)
 
     def _cached_self_attention(self, layer: WhisperDecoderLayer, x: Tensor, cache: KVCache,
-                               i: int, start: int, end: int) -> Tensor:
+                               i: int, span: tuple[int, int],
+                               key_mask: Tensor | None) -> Tensor:
         attn = layer.self_attn
+        start, end = span
         h = layer.self_attn_layer_norm(x)
         q, (k, v) = attn.split(attn.q_proj(h)), attn.keys_values(h)  # (R, H, n, Dh)
         cache.self_k[i][:, :, start:end] = k
         cache.self_v[i][:, :, start:end] = v
         keys, values = cache.self_k[i][:, :, :end], cache.self_v[i][:, :, :end]
         # the n new queries sit at the end of the keys; causal aligns them there
-        out = self.kernels.attention(q, keys, values, causal=end - start > 1)
+        causal = end - start > 1
+        if key_mask is None:
+            return attn.merge(self.kernels.attention(q, keys, values, causal=causal))
+        out = self.kernels.attention(q, keys, values, causal=causal, key_padding_mask=key_mask)
         return attn.merge(out)
 
 

@@ -1,7 +1,10 @@
-"""Whisper decoding over one 30 s window: the logit rules, greedy search and beam search.
+"""Whisper decoding of 30 s windows through the one generation loop (:mod:`mmcore.generation`):
+the logit rules (a processor), greedy search, sampling and beam search of a batch of
+windows, and language detection.
 
-The rules, applied in this order to each step's scores (logits for greedy search,
-log-probabilities for beam search), are those of Hugging Face's Whisper ``generate``:
+The rules, applied in this order to each step's scores (logits for greedy search and
+sampling, log-probabilities for beam search), are those of Hugging Face's Whisper
+``generate``:
 
 1. ``begin_suppress`` tokens are forbidden as the first generated token;
 2. ``suppress`` tokens are always forbidden;
@@ -12,9 +15,16 @@ log-probabilities for beam search), are those of Hugging Face's Whisper ``genera
    the probability mass of all timestamps beats every single text token, a timestamp
    must be chosen.
 
-Beam search follows Hugging Face's (``length_penalty`` 1.0: a finished hypothesis scores
-its summed log-probability divided by its generated length; it stops when no running
-beam can beat the worst of ``beam_size`` finished ones at the current length).
+Beam search is the loop's, which is Hugging Face's (``length_penalty`` 1.0: a finished
+hypothesis scores its summed log-probability divided by its generated length, EOS
+included; it stops when no running beam can beat the worst of ``beam_size`` finished ones
+at the current length). openai-whisper's own beam search (patience, ranking by
+``sum / length``) differs; the token-exactness tests pin transformers' behaviour.
+
+Log-probabilities (for the fallback's average log-probability): greedy search and
+sampling sum each chosen token's log-softmax of the rule-processed logits (before the
+temperature), EOS included, as openai-whisper does; beam search's come from the winning
+hypothesis's score (the rules mask without renormalising, as transformers).
 """
 
 from __future__ import annotations
@@ -25,12 +35,12 @@ import torch
 from torch import Tensor
 
 from mmcore.contract import Tokens
-from mmcore_whisper.decoder import KVCache, WhisperDecoder
+from mmcore.generation import GenerationConfig, GenerationOutput, generate
+from mmcore_whisper.decoder import WhisperDecoder
+from mmcore_whisper.runner import WhisperRunner
 from mmcore_whisper.tokens import WhisperTokens
 
 NEG_INF = float("-inf")
-#: Hugging Face's "very unlikely" score for beams that must not be chosen
-_MASKED = -1.0e9
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class TimestampRule:
 
 class LogitRules:
     """Suppression and timestamp rules for sequences whose generated part starts at
-    ``begin_index`` (the prompt length)."""
+    ``begin_index`` (the prompt length); a logit processor of :mod:`mmcore.generation`."""
 
     def __init__(self, tokens: WhisperTokens, vocab_size: int, begin_index: int,
                  timestamps: bool) -> None:
@@ -59,8 +69,11 @@ class LogitRules:
             self.timestamp = TimestampRule(tokens.no_timestamps + 1, tokens.no_timestamps,
                                            tokens.eos, tokens.max_initial_timestamp_index)
 
-    def __call__(self, generated: list[list[int]], scores: Tensor) -> Tensor:
-        """``generated``: each row's tokens after the prompt; scores (R, V) -> new scores."""
+    def __call__(self, generated: Tensor | list[list[int]], scores: Tensor) -> Tensor:
+        """``generated``: the whole sequences (R, T) as the generation loop passes them, or
+        each row's tokens after the prompt as lists; scores (R, V) -> new scores."""
+        if isinstance(generated, Tensor):
+            generated = generated[:, self.begin_index :].tolist()
         if self.suppress.device != scores.device:
             self.suppress = self.suppress.to(scores.device)
             self.begin_suppress = self.begin_suppress.to(scores.device)
@@ -111,144 +124,176 @@ def _mask(ids: list[int], vocab_size: int) -> Tensor:
     return mask
 
 
-# -- greedy search ------------------------------------------------------------------------
+class AllowOnly:
+    """A processor that forbids every token but ``ids``."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        keep = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        keep[self.ids] = True
+        return scores.masked_fill(~keep, NEG_INF)
+
+
+# -- searching a batch of windows -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Search:
+    """How to search a batch of windows: greedy (``temperature`` 0, ``beam_size`` 1), beam
+    search (``temperature`` 0), or sampling at ``temperature`` > 0 keeping the best of
+    ``best_of`` samples (openai-whisper's ranking: summed log-probability / text tokens)."""
+
+    beam_size: int = 1
+    temperature: float = 0.0
+    best_of: int = 1
+    length_penalty: float = 1.0
+    timestamps: bool = False
+    use_cache: bool = True
+    seed: int | None = None
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclass
+class WindowResult:
+    """One window's decode: generated tokens (EOS removed), the summed log-probability
+    (EOS included), ``avg_logprob`` = sum / (tokens + 1) as openai-whisper, the
+    no-speech probability (None when the model has no such token) and the temperature."""
+
+    tokens: list[int]
+    sum_logprob: float
+    avg_logprob: float
+    no_speech_prob: float | None
+    temperature: float
+    compression_ratio: float | None = None
+
+
+def left_pad(prompts: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Prompts of any lengths -> ids (R, T) left-padded with ``pad`` and mask (R, T) bool."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, length - len(prompt) :] = True
+    return ids, mask
+
+
+def _config(search: Search, eos: int, max_new_tokens: int) -> GenerationConfig:
+    if search.sampling:
+        return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                pad_token_id=eos, do_sample=True,
+                                temperature=search.temperature,
+                                num_return_sequences=search.best_of, seed=search.seed,
+                                output_token_logprobs=True)
+    return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos,
+                            num_beams=search.beam_size, length_penalty=search.length_penalty,
+                            output_token_logprobs=search.beam_size == 1)
+
+
+def decode_windows(head: WhisperDecoder, context: Tokens, prompts: list[list[int]],
+                   budgets: list[int], search: Search) -> list[WindowResult]:
+    """Decode B windows (audio tokens ``context`` (B, Nc, D), one prompt and one budget of
+    new tokens each) in one call of the generation loop; -> one result per window.
+
+    Rows with smaller budgets are cut to them (greedy search and sampling decide each row
+    from its own tokens only); beam search, whose stopping depends on the budget, decodes
+    the rows of each budget together."""
+    if not search.sampling and search.beam_size > 1 and len(set(budgets)) > 1:
+        return _by_budget(head, context, prompts, budgets, search)
+    eos = head.tokens.eos
+    ids, mask = left_pad(prompts, eos, context.x.device)
+    rules = LogitRules(head.tokens, head.cfg.vocab_size, ids.shape[1], search.timestamps)
+    runner = WhisperRunner(head, context, max_new_tokens=max(budgets),
+                           use_cache=search.use_cache, no_speech=head.tokens.no_speech)
+    out = generate(runner, ids, attention_mask=mask, config=_config(search, eos, max(budgets)),
+                   processors=[rules])
+    rows = out.new_tokens.shape[0] // len(prompts)  # beams keep one row per window
+    probs = runner.no_speech_probs  # (B * E,): E rows per window in the prefill
+    results = []
+    for i, budget in enumerate(budgets):
+        no_speech = None if probs is None else float(probs[i * (len(probs) // len(prompts))])
+        if search.beam_size > 1 and not search.sampling:
+            results.append(_beam_result(out, i, eos, search, no_speech))
+        else:
+            results.append(_best_sample(out, range(i * rows, (i + 1) * rows), budget, eos,
+                                        search.temperature, no_speech))
+    return results
+
+
+def _by_budget(head: WhisperDecoder, context: Tokens, prompts: list[list[int]],
+               budgets: list[int], search: Search) -> list[WindowResult]:
+    results: list[WindowResult | None] = [None] * len(prompts)
+    for budget in sorted(set(budgets)):
+        rows = [i for i, b in enumerate(budgets) if b == budget]
+        index = torch.tensor(rows, device=context.x.device)
+        part = Tokens(context.x[index], None if context.mask is None else context.mask[index])
+        for row, result in zip(rows, decode_windows(head, part, [prompts[i] for i in rows],
+                                                    [budget] * len(rows), search), strict=True):
+            results[row] = result
+    return [r for r in results if r is not None]
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    """Tokens up to and including the first EOS."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def _best_sample(out: GenerationOutput, rows: range, budget: int, eos: int,
+                 temperature: float, no_speech: float | None) -> WindowResult:
+    """The best of a window's rows (greedy: its only row) by summed log-probability per
+    text token (openai-whisper's MaximumLikelihoodRanker without length penalty)."""
+    assert out.token_logprobs is not None
+    best: tuple[float, list[int], float] | None = None
+    for row in rows:
+        tokens = _until_eos(out.new_tokens[row, :budget].tolist(), eos)
+        total = float(out.token_logprobs[row, : len(tokens)].sum())
+        text = tokens[:-1] if tokens and tokens[-1] == eos else tokens
+        score = total / max(len(text), 1)
+        if best is None or score > best[0]:
+            best = (score, text, total)
+    assert best is not None
+    _, text, total = best
+    return WindowResult(text, total, total / (len(text) + 1), no_speech, temperature)
+
+
+def _beam_result(out: GenerationOutput, row: int, eos: int, search: Search,
+                 no_speech: float | None) -> WindowResult:
+    """The winning hypothesis; its summed log-probability from its length-penalised score."""
+    assert out.sequence_scores is not None
+    tokens = _until_eos(out.new_tokens[row].tolist(), eos)
+    total = float(out.sequence_scores[row]) * len(tokens) ** search.length_penalty
+    text = tokens[:-1] if tokens and tokens[-1] == eos else tokens
+    return WindowResult(text, total, total / (len(text) + 1), no_speech, 0.0)
+
+
+# -- greedy search of one prompt, and language detection -------------------------------------
 
 
 def greedy(decoder: WhisperDecoder, context: Tokens, prompt: list[int], rules: LogitRules,
            max_new_tokens: int, *, use_cache: bool = True) -> list[list[int]]:
-    """Each context item's generated tokens (EOS, when reached, is the last). Rows that
-    finish early stop growing (Hugging Face pads them; here they are simply shorter)."""
-    rows, eos = context.x.shape[0], decoder.tokens.eos
-    ids = torch.tensor([prompt] * rows, dtype=torch.long, device=context.x.device)  # (R, P)
-    cache = None
-    if use_cache:
-        cache = decoder.start_cache(context, max_length=len(prompt) + max_new_tokens)
-    generated: list[list[int]] = [[] for _ in range(rows)]
-    done = [False] * rows
-    step_ids = ids  # the cache takes only new ids; without it the whole sequence reruns
-    for _ in range(max_new_tokens):
-        scores = _next_scores(decoder, step_ids, ids, context, cache)  # (R, V) float32
-        chosen = rules(generated, scores).argmax(dim=-1)  # (R,)
-        for row, token in enumerate(chosen.tolist()):
-            if not done[row]:
-                generated[row].append(token)
-                done[row] = token == eos
-        if all(done):
-            break
-        step_ids = chosen[:, None]
-        if cache is None:
-            ids = torch.cat([ids, step_ids], dim=1)
-    return generated
-
-
-def _next_scores(decoder: WhisperDecoder, step_ids: Tensor, ids: Tensor, context: Tokens,
-                 cache: KVCache | None) -> Tensor:
-    """Next-token logits (R, V) in float32: the cache takes only the new ids; without a
-    cache the whole sequence is run again (the reference the cache is tested against)."""
-    if cache is None:
-        return decoder.decode(ids, context)[:, -1].float()
-    return decoder.step(step_ids, cache)[:, -1].float()
-
-
-# -- beam search --------------------------------------------------------------------------
-
-
-@dataclass
-class _Beams:
-    """Running and finished hypotheses of one utterance, Hugging Face's layout."""
-
-    running: Tensor  # (K, L_max) ids
-    running_scores: Tensor  # (K,) summed log-probabilities
-    finished: Tensor  # (K, L_max)
-    finished_scores: Tensor  # (K,) length-penalised
-    finished_lengths: Tensor  # (K,)
-    is_finished: Tensor  # (K,) bool
-    improvable: bool = True
-
-
-def _start_beams(prompt: list[int], beams: int, max_length: int, eos: int,
-                 device: torch.device) -> _Beams:
-    running = torch.full((beams, max_length), eos, dtype=torch.long, device=device)
-    running[:, : len(prompt)] = torch.tensor(prompt, device=device)
-    scores = torch.zeros(beams, device=device)
-    scores[1:] = _MASKED  # only the first beam's continuations count at the first step
-    return _Beams(running, scores, running.clone(), torch.full((beams,), _MASKED, device=device),
-                  torch.full((beams,), len(prompt), device=device),
-                  torch.zeros(beams, dtype=torch.bool, device=device))
-
-
-def beam_search(decoder: WhisperDecoder, context: Tokens, prompt: list[int], rules: LogitRules,
-                max_new_tokens: int, *, beams: int, length_penalty: float = 1.0) -> list[int]:
-    """The best hypothesis's generated tokens for one utterance (context batch of 1)."""
-    if context.x.shape[0] != 1:
-        raise ValueError("beam search decodes one utterance at a time")
-    eos, p = decoder.tokens.eos, len(prompt)
-    max_length = p + max_new_tokens
-    state = _start_beams(prompt, beams, max_length, eos, context.x.device)
-    cache = decoder.start_cache(context, rows=beams, max_length=max_length)
-    logits = decoder.step(state.running[:, :p], cache)[:, -1].float()  # (K, V)
-    for cur_len in range(p, max_length):
-        generated = [row[p:] for row in state.running[:, :cur_len].tolist()]
-        logprobs = rules(generated, torch.log_softmax(logits, dim=-1))
-        parents, hit_all = _beam_step(state, logprobs, cur_len, p, max_length, eos,
-                                      length_penalty)
-        if not state.improvable or hit_all:
-            break
-        cache.reorder(parents)
-        logits = decoder.step(state.running[:, cur_len : cur_len + 1], cache)[:, -1].float()
-    length = int(state.finished_lengths[0])
-    return state.finished[0, p:length].tolist()
-
-
-def _beam_step(state: _Beams, logprobs: Tensor, cur_len: int, p: int, max_length: int,
-               eos: int, length_penalty: float) -> tuple[Tensor, bool]:
-    """One step of Hugging Face's beam search on ``state``, in place. -> (parent beam of
-    each new running beam (K,), whether every candidate finished)."""
-    k, vocab = logprobs.shape
-    total = (logprobs + state.running_scores[:, None]).reshape(-1)  # (K * V,)
-    top_scores, top_index = torch.topk(total, 2 * k)
-    parent = top_index // vocab
-    candidates = state.running[parent].clone()  # (2K, L_max)
-    candidates[:, cur_len] = top_index % vocab
-    hits = (candidates[:, cur_len] == eos) | (cur_len + 1 >= max_length)  # (2K,)
-    alive_scores = top_scores + hits.float() * _MASKED
-    keep = torch.topk(alive_scores, k).indices
-    state.running, state.running_scores = candidates[keep], alive_scores[keep]
-    _finish(state, candidates, top_scores, hits, cur_len, p, length_penalty)
-    best_possible = state.running_scores[0] / ((cur_len + 1 - p) ** length_penalty)
-    worst = torch.where(state.is_finished, state.finished_scores.min(), _MASKED)
-    state.improvable = state.improvable and bool((best_possible > worst).any())
-    return parent[keep], bool(hits.all())
-
-
-def _finish(state: _Beams, candidates: Tensor, top_scores: Tensor, hits: Tensor,
-            cur_len: int, p: int, length_penalty: float) -> None:
-    """Merge the candidates that just finished (among the top K) into the finished set."""
-    k = state.finished.shape[0]
-    just = hits.clone()
-    just[k:] = False
-    scores = top_scores / ((cur_len + 1 - p) ** length_penalty)
-    scores = scores + float(not state.improvable) * _MASKED
-    scores = scores + (~just).float() * _MASKED
-    merged_scores = torch.cat([state.finished_scores, scores])
-    best = torch.topk(merged_scores, k).indices
-    lengths = torch.full_like(scores, cur_len + 1)
-    state.finished = torch.cat([state.finished, candidates])[best]
-    state.finished_scores = merged_scores[best]
-    state.finished_lengths = torch.cat([state.finished_lengths, lengths])[best]
-    state.is_finished = torch.cat([state.is_finished, just])[best]
-
-
-# -- language detection -------------------------------------------------------------------
+    """Each context item's greedy tokens through the generation loop (EOS, when reached, is
+    the last). ``use_cache=False`` reruns the whole sequence at every step."""
+    eos = decoder.tokens.eos
+    ids = torch.tensor([prompt] * context.x.shape[0], dtype=torch.long, device=context.x.device)
+    runner = WhisperRunner(decoder, context, max_new_tokens=max_new_tokens, use_cache=use_cache)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos)
+    out = generate(runner, ids, config=config, processors=[rules])
+    return [_until_eos(row, eos) for row in out.new_tokens.tolist()]
 
 
 def detect_language(decoder: WhisperDecoder, context: Tokens) -> list[int]:
     """Per context item, the language token most likely after <|startoftranscript|>."""
-    languages = decoder.tokens.languages
+    languages = sorted(decoder.tokens.languages.values())
     if not languages:
         raise ValueError("this is an English-only Whisper model: it detects no language")
     ids = torch.full((context.x.shape[0], 1), decoder.tokens.start, dtype=torch.long,
                      device=context.x.device)
-    logits = decoder.decode(ids, context)[:, -1]  # (B, V)
-    allowed = torch.tensor(sorted(languages.values()), device=logits.device)
-    return allowed[logits[:, allowed].argmax(dim=-1)].tolist()
+    runner = WhisperRunner(decoder, context, max_new_tokens=1)
+    out = generate(runner, ids, config=GenerationConfig(max_new_tokens=1),
+                   processors=[AllowOnly(languages)])
+    return out.new_tokens[:, 0].tolist()

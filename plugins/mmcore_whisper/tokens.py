@@ -40,6 +40,11 @@ class WhisperTokens(ComponentConfig):
     max_initial_timestamp_index: int | None = Field(None, ge=0)
     #: generated tokens per window when none are asked for (HF ``max_length``)
     max_length: int | None = Field(None, gt=0)
+    #: <|nospeech|> (<|nocaptions|> in older vocabularies): its probability right after
+    #: <|startoftranscript|> is the no-speech probability. None: no detection
+    no_speech: int | None = Field(None, ge=0)
+    #: <|startofprev|>: opens a prompt of earlier text before <|startoftranscript|>
+    previous: int | None = Field(None, ge=0)
     #: path of the checkpoint's tokenizer.json, to turn ids into text
     tokenizer: str | None = None
 
@@ -54,7 +59,7 @@ class WhisperTokens(ComponentConfig):
 
     def ids(self) -> list[int]:
         """Every single id this config names (for range checks)."""
-        single = [self.eos, self.start, self.no_timestamps]
+        single = [self.eos, self.start, self.no_timestamps, self.no_speech, self.previous]
         return [i for i in single if i is not None] + [*self.languages.values(),
                                                        *self.tasks.values()]
 

@@ -6,12 +6,19 @@ extractor does). Longer audio is featurised whole and decoded window by window
 frames from ``seek`` (zero-padded at the end); with timestamps, a window that ends on a
 timestamp pair moves ``seek`` to the last timestamp (the unfinished tail is decoded again in
 the next window), otherwise by the whole window. Without timestamps every window moves by
-30 s. The model is the ordinary mmcore composition: the audio modality's tokenizer and
+30 s. A clip's last window ends where its audio ends (a 3 s clip is one 3 s segment).
+The model is the ordinary mmcore composition: the audio modality's tokenizer and
 encoder, the fusion (late fusion passes the audio tokens through), the decoder head.
+
+Several items are transcribed together (``batch_size``): each round encodes the current
+window of up to ``batch_size`` items at once and decodes them in one call of the generation
+loop (prompts left-padded); an item that finishes makes room for the next. Around each
+window runs the policy of :mod:`mmcore_whisper.policy` (openai-whisper's, when asked).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,61 +31,17 @@ from torch import Tensor
 
 from mmcore.contract import Tokens
 from mmcore_whisper.decoder import WhisperDecoder
-from mmcore_whisper.decoding import LogitRules, beam_search, detect_language, greedy
+from mmcore_whisper.decoding import WindowResult, decode_windows, detect_language
+from mmcore_whisper.options import DecodeOptions, Segment, Transcript
+from mmcore_whisper.policy import Text, decode_with_fallback, is_silence, previous_prompt
 from mmcore_whisper.tokens import FRAME_SECONDS, TIME_PRECISION
+
+__all__ = ["DecodeOptions", "Segment", "Transcript", "decode_window", "encode", "features_of",
+           "split_segments", "transcribe", "transcribe_batch", "transcribe_features",
+           "whisper_head"]
 
 #: conv-stem stride: log-mel frames per audio token
 INPUT_STRIDE = 2
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode. ``beam_size`` 1 is greedy search."""
-
-    beam_size: int = 1
-    language: str | None = None  # None: detected from the first window
-    task: str = "transcribe"
-    timestamps: bool = False
-    #: tokens generated per window; None: the checkpoint's max_length (or the positions left)
-    max_new_tokens: int | None = None
-    length_penalty: float = 1.0
-    use_cache: bool = True
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-
-
-@dataclass
-class Segment:
-    """A stretch of audio (seconds) and the tokens (and text) decoded for it."""
-
-    start: float
-    end: float
-    tokens: list[int]
-    text: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
-
-
-@dataclass
-class Transcript:
-    """One audio item's result: the language token used, the segments and all text."""
-
-    language: str | None
-    segments: list[Segment] = field(default_factory=list)
-    text: str = ""
-
-    @property
-    def tokens(self) -> list[int]:
-        return [t for s in self.segments for t in s.tokens]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"language": self.language, "text": self.text,
-                "segments": [s.as_dict() for s in self.segments]}
 
 
 # -- the model's parts --------------------------------------------------------------------
@@ -108,18 +71,19 @@ def encode(model: Any, head: WhisperDecoder, features: Tensor) -> Tokens:
 # -- features -----------------------------------------------------------------------------
 
 
-def features_of(model: Any, head: WhisperDecoder, item: Any) -> Tensor:
-    """One audio item (path, (waveform, rate), ...) -> log-mel (n_mels, F): padded to one
-    window when it is shorter, else the whole audio."""
+def features_of(model: Any, head: WhisperDecoder, item: Any) -> tuple[Tensor, int]:
+    """One audio item (path, (waveform, rate), ...) -> (log-mel (n_mels, F), the frames
+    its audio fills): padded to one window when it is shorter, else the whole audio."""
     modality = head.cfg.context
     try:
         whole = _unpadded(model, modality)([item])["features"][0]  # (n_mels, L // 160)
     except ValueError:  # shorter than one STFT frame: padding makes it one window
         whole = None
     if whole is not None and whole.shape[-1] > window_frames(model, head):
-        return whole
+        return whole, whole.shape[-1]
     padded = model.preprocess(modality, [item])
-    return padded["features"][0] if isinstance(padded, dict) else padded[0]
+    features = padded["features"][0] if isinstance(padded, dict) else padded[0]
+    return features, features.shape[-1] if whole is None else max(whole.shape[-1], 1)
 
 
 def _unpadded(model: Any, modality: str) -> Any:
@@ -154,17 +118,18 @@ def _max_new_tokens(head: WhisperDecoder, options: DecodeOptions, prompt_length:
     return min(wanted, room)
 
 
+def _budget(head: WhisperDecoder, options: DecodeOptions, task_prompt: int,
+            prompt: int) -> int:
+    """New tokens for a window whose prompt has ``prompt`` tokens, ``task_prompt`` of them
+    the task's (the rest earlier text, which only ever shortens the budget)."""
+    return min(_max_new_tokens(head, options, task_prompt), head.cfg.max_positions - prompt)
+
+
 def decode_window(head: WhisperDecoder, context: Tokens, prompt: list[int],
                   options: DecodeOptions) -> list[int]:
-    """One window's generated tokens (the final EOS removed)."""
-    rules = LogitRules(head.tokens, head.cfg.vocab_size, len(prompt), options.timestamps)
+    """One window's generated tokens (the final EOS removed) at the first temperature."""
     budget = _max_new_tokens(head, options, len(prompt))
-    if options.beam_size == 1:
-        tokens = greedy(head, context, prompt, rules, budget, use_cache=options.use_cache)[0]
-    else:
-        tokens = beam_search(head, context, prompt, rules, budget, beams=options.beam_size,
-                             length_penalty=options.length_penalty)
-    return tokens[:-1] if tokens and tokens[-1] == head.tokens.eos else tokens
+    return decode_windows(head, context, [prompt], [budget], options.searches()[0])[0].tokens
 
 
 def split_segments(tokens: list[int], timestamp_begin: int | None, offset: float,
@@ -206,25 +171,105 @@ def _whole_window(tokens: list[int], stamps: list[bool], begin: int, offset: flo
     return Segment(offset, offset + end_steps * TIME_PRECISION, tokens)
 
 
+@dataclass
+class _Item:
+    """One item being transcribed: log-mel (n_mels, F), the frames its audio fills, where
+    decoding is (``seek``, frames), its task prompt once the language is known, and the
+    tokens that can prompt later windows (``history[reset:]``)."""
+
+    features: Tensor
+    frames: int
+    result: Transcript = field(default_factory=lambda: Transcript(None))
+    prompt: list[int] | None = None
+    seek: int = 0
+    history: list[int] = field(default_factory=list)
+    reset: int = 0
+
+
 @torch.no_grad()
-def transcribe_features(model: Any, features: Tensor, options: DecodeOptions) -> Transcript:
-    """Log-mel features (n_mels, F) -> a Transcript (text not yet filled in)."""
+def transcribe_features(model: Any, features: Tensor, options: DecodeOptions, *,
+                        frames: int | None = None, tokenizer: Any = None) -> Transcript:
+    """Log-mel features (n_mels, F) -> a Transcript (text not yet filled in). ``frames``:
+    how many of them hold audio (default all)."""
+    return transcribe_batch(model, [(features, frames)], options, tokenizer=tokenizer)[0]
+
+
+@torch.no_grad()
+def transcribe_batch(model: Any, items: Sequence[tuple[Tensor, int | None]],
+                     options: DecodeOptions, *, tokenizer: Any = None,
+                     batch_size: int = 1) -> list[Transcript]:
+    """(log-mel (n_mels, F), audio frames or None) per item -> their Transcripts (text not
+    yet filled in), up to ``batch_size`` items decoded at once. ``tokenizer``: needed for
+    the compression-ratio threshold and an initial prompt."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     head = whisper_head(model)
-    frames, total = window_frames(model, head), features.shape[-1]
-    first = encode(model, head, _window(features, 0, frames))  # also read by detection
-    language_id, language = _language(head, first, options)
-    prompt = head.tokens.prompt(language_id=language_id, task=options.task,
-                                timestamps=options.timestamps)
-    result, seek = Transcript(language), 0
-    while seek < total:
-        held = min(total - seek, frames)
-        context = first if seek == 0 else encode(model, head, _window(features, seek, frames))
-        tokens = decode_window(head, context, prompt, options)
-        segments, moved = split_segments(tokens, head.tokens.timestamp_begin,
-                                         seek * TIME_PRECISION / INPUT_STRIDE, held)
-        result.segments += segments
-        seek += moved
-    return result
+    initial = _initial_prompt(options, tokenizer)
+    states = [_Item(f, n if n is not None else f.shape[-1], history=list(initial))
+              for f, n in items]
+    pending, active = deque(states), list[_Item]()
+    while pending or active:
+        while pending and len(active) < batch_size:
+            active.append(pending.popleft())
+        _round(model, head, active, options, _text_of(tokenizer, head.tokens.eos))
+        active = [s for s in active if s.seek < s.frames]
+    return [s.result for s in states]
+
+
+def _initial_prompt(options: DecodeOptions, tokenizer: Any) -> list[int]:
+    """openai-whisper's initial prompt tokens: the text with one leading space."""
+    if options.initial_prompt is None:
+        return []
+    if tokenizer is None:
+        raise ValueError("an initial prompt needs the model's tokenizer")
+    return list(tokenizer.encode(" " + options.initial_prompt.strip(),
+                                 add_special_tokens=False).ids)
+
+
+def _text_of(tokenizer: Any, eos: int) -> Text | None:
+    if tokenizer is None:
+        return None
+    return lambda ids: str(tokenizer.decode([t for t in ids if t < eos],
+                                            skip_special_tokens=True))
+
+
+def _round(model: Any, head: WhisperDecoder, batch: list[_Item], options: DecodeOptions,
+           text: Text | None) -> None:
+    """Decode the current window of every item in ``batch`` and move each one on."""
+    frames = window_frames(model, head)
+    context = encode(model, head, torch.cat([_window(s.features, s.seek, frames)
+                                             for s in batch]))  # (B, N, D)
+    _set_languages(head, batch, context, options)
+    prompts = [previous_prompt(s.history[s.reset :], head.tokens.previous,
+                               head.cfg.max_positions) + (s.prompt or []) for s in batch]
+    budgets = [_budget(head, options, len(s.prompt or []), len(p))
+               for s, p in zip(batch, prompts, strict=True)]
+    results = decode_with_fallback(head, context, prompts, budgets,
+                                   searches=options.searches(),
+                                   thresholds=options.thresholds, text=text)
+    for state, result in zip(batch, results, strict=True):
+        _advance(head, state, result, options, min(state.frames - state.seek, frames))
+
+
+def _advance(head: WhisperDecoder, state: _Item, result: WindowResult,
+             options: DecodeOptions, held: int) -> None:
+    """Add a window's segments (unless it is silence) and move ``seek`` past them."""
+    if is_silence(result, options.thresholds):
+        state.seek += held
+        return
+    segments, moved = split_segments(result.tokens, head.tokens.timestamp_begin,
+                                     state.seek * TIME_PRECISION / INPUT_STRIDE, held)
+    for segment in segments:
+        segment.temperature, segment.avg_logprob = result.temperature, result.avg_logprob
+        segment.compression_ratio = result.compression_ratio
+        segment.no_speech_prob = result.no_speech_prob
+    state.result.segments += segments
+    eos = head.tokens.eos  # openai-whisper drops instantaneous and textless segments
+    state.history += [t for s in segments if s.start != s.end
+                      and any(t < eos for t in s.tokens) for t in s.tokens]
+    if not options.condition_on_previous_text or result.temperature > 0.5:
+        state.reset = len(state.history)
+    state.seek += moved if moved > 0 else held  # never decode the same window again
 
 
 def _window(features: Tensor, seek: int, frames: int) -> Tensor:
@@ -233,21 +278,26 @@ def _window(features: Tensor, seek: int, frames: int) -> Tensor:
     return F.pad(window, (0, frames - window.shape[-1]))[None]
 
 
-def _language(head: WhisperDecoder, first: Tokens,
-              options: DecodeOptions) -> tuple[int | None, str | None]:
-    """(language token, code): the one asked for, detected from the first window's audio
-    tokens, or none for an English-only model."""
+def _set_languages(head: WhisperDecoder, batch: list[_Item], context: Tokens,
+                   options: DecodeOptions) -> None:
+    """Give each new item its task prompt: the language asked for, detected from its first
+    window's audio tokens, or none for an English-only model."""
+    new = [i for i, s in enumerate(batch) if s.prompt is None]
+    if not new:
+        return
     tokens = head.tokens
-    if not tokens.multilingual:
-        if options.language is not None:
-            tokens.language_id(options.language)  # raises: English-only
-        return None, None
+    codes: list[int | None] = [None] * len(new)
     if options.language is not None:
-        language_id = tokens.language_id(options.language)
-    else:
-        language_id = detect_language(head, first)[0]
-    code = next(c for c, i in tokens.languages.items() if i == language_id)
-    return language_id, code
+        codes = [tokens.language_id(options.language)] * len(new)  # raises for .en models
+    elif tokens.multilingual:
+        index = torch.tensor(new, device=context.x.device)
+        part = Tokens(context.x[index], None if context.mask is None else context.mask[index])
+        codes = list(detect_language(head, part))
+    for i, language_id in zip(new, codes, strict=True):
+        batch[i].prompt = tokens.prompt(language_id=language_id, task=options.task,
+                                        timestamps=options.timestamps)
+        batch[i].result.language = next((c for c, t in tokens.languages.items()
+                                         if t == language_id), None)
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -279,10 +329,10 @@ def add_text(result: Transcript, tokenizer: Any, eos: int) -> Transcript:
 
 @torch.no_grad()
 def transcribe(model: Any, items: Sequence[Any], options: DecodeOptions | None = None, *,
-               tokenizer: str | None = None) -> list[Transcript]:
+               tokenizer: str | None = None, batch_size: int = 1) -> list[Transcript]:
     """Transcribe each audio item (a WAV path, a (waveform, rate) pair, ...) with ``model``
-    (an mmcore Whisper composition). ``tokenizer``: a tokenizer.json path overriding the
-    one the checkpoint names."""
+    (an mmcore Whisper composition), ``batch_size`` items at a time. ``tokenizer``: a
+    tokenizer.json path overriding the one the checkpoint names."""
     options = options or DecodeOptions()
     head = whisper_head(model)
     path = tokenizer or head.tokens.tokenizer
@@ -290,9 +340,6 @@ def transcribe(model: Any, items: Sequence[Any], options: DecodeOptions | None =
         raise ValueError("this Whisper model names no tokenizer.json; give one with --tokenizer")
     text = load_tokenizer(str(path))
     model.eval()
-    results = []
-    for item in items:
-        features = features_of(model, head, item)
-        results.append(add_text(transcribe_features(model, features, options), text,
-                                head.tokens.eos))
-    return results
+    features = [features_of(model, head, item) for item in items]
+    results = transcribe_batch(model, features, options, tokenizer=text, batch_size=batch_size)
+    return [add_text(r, text, head.tokens.eos) for r in results]
