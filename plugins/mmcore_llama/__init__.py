@@ -59,10 +59,20 @@ from mmcore_llama.costs import (
     lm_head_cost,
 )
 from mmcore_llama.generation import CausalLMRunner
+from mmcore_llama.text import (
+    TextCodec,
+    TextResult,
+    TextStream,
+    check_room,
+    generate_text,
+    left_pad,
+    text_codec,
+)
 
 __version__ = "0.1.0"
 __all__ = ["CausalLM", "CausalLMRunner", "DecoderLM", "LMEmbedding", "LMHead", "LMTokens",
-           "flops_per_token", "kv_cache_bytes"]
+           "TextCodec", "TextResult", "TextStream", "check_room", "flops_per_token",
+           "generate_text", "kv_cache_bytes", "left_pad", "text_codec"]
 
 SPECS = Path(__file__).resolve().parent / "specs"
 
@@ -108,3 +118,18 @@ def register_presets(register: Register) -> None:
     register("llama-tiny", SPECS / "llama-tiny.yaml",
              summary="a tiny byte-level LLaMA-architecture LM (GQA, RoPE, SwiGLU, tied head)")
 
+
+
+@hookimpl
+def register_generators(register: Register) -> None:
+    from mmcore_llama.cli import make_text_generator
+
+    register("text-lm", make_text_generator,
+             summary="text-only causal LMs (decoder-lm): stream tokens as they come")
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
+    from mmcore_llama import chat
+
+    register("chat", chat.add_arguments, chat.run, summary=chat.SUMMARY)

@@ -11,6 +11,7 @@ tied or untied output embeddings.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,63 @@ def spec_from_config(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     }
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read it: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _token_ids(tokenizer: Mapping[str, Any]) -> dict[str, int]:
+    """Token text -> id from a tokenizer.json: its vocabulary and added tokens."""
+    vocab = (tokenizer.get("model") or {}).get("vocab") or {}
+    ids = ({str(k): int(v) for k, v in vocab.items()} if isinstance(vocab, dict)
+           else {str(entry[0]): i for i, entry in enumerate(vocab)})  # Unigram: [piece, score]
+    ids.update({str(t["content"]): int(t["id"]) for t in tokenizer.get("added_tokens") or []})
+    return ids
+
+
+def _token_name(value: Any) -> str | None:
+    """A tokenizer_config.json special token: a string or ``{"content": ...}``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def check_special_tokens(config: Mapping[str, Any], folder: Path) -> None:
+    """CheckpointError when config.json's bos/eos/pad ids disagree with the tokenizer: the
+    token tokenizer_config.json names must have that id in tokenizer.json, and an id must
+    lie in the tokenizer's vocabulary."""
+    if not (folder / TOKENIZER_FILE).is_file():
+        return
+    ids = _token_ids(_read_json(folder / TOKENIZER_FILE))
+    names = (_read_json(folder / "tokenizer_config.json")
+             if (folder / "tokenizer_config.json").is_file() else {})
+    size = max(ids.values(), default=-1) + 1
+    for kind in ("bos", "eos", "pad"):
+        wanted = config.get(f"{kind}_token_id")
+        if wanted is None:
+            continue
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        bad = [i for i in allowed if not isinstance(i, int) or not 0 <= i < size]
+        if bad:
+            raise CheckpointError(f"{folder}: config.json has {kind}_token_id {wanted}, but "
+                                  f"tokenizer.json has {size} tokens (ids 0-{size - 1})")
+        name = _token_name(names.get(f"{kind}_token"))
+        if name is None:
+            continue
+        if name not in ids:
+            raise CheckpointError(f"{folder}: tokenizer_config.json's {kind}_token {name!r} "
+                                  "is not a token of tokenizer.json")
+        if ids[name] not in allowed:
+            raise CheckpointError(f"{folder}: {kind}_token {name!r} is id {ids[name]} in "
+                                  f"tokenizer.json but config.json has {kind}_token_id "
+                                  f"{wanted}; the two files disagree (fix one of them)")
+
+
 def tensors_from_folder(folder: Path, tied: bool) -> dict[str, Tensor]:
     """The folder's weights renamed to mmcore's keys; a tied model's stored ``lm_head``
     (some savers keep it) must equal the embedding and is dropped."""
@@ -182,6 +240,7 @@ class HFLlamaConverter:
             raise CheckpointError(f"{source} is not a folder (an HF causal-LM checkpoint is a "
                                   "folder with config.json and model.safetensors)")
         config = hf.read_config(source)
+        check_special_tokens(config, source)
         spec = spec_from_config(config, source)
         return spec, tensors_from_folder(source, spec["heads"][HEAD]["tied"])
 
