@@ -6,11 +6,13 @@ import argparse
 import builtins
 import fnmatch
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from mmcore.errors import RegistryError, suggest
 from mmcore.hookspecs import HOOK_KINDS
@@ -20,9 +22,30 @@ KINDS: tuple[str, ...] = tuple(HOOK_KINDS.values())
 
 
 class ComponentConfig(BaseModel):
-    """Base of every component's params: strict, so a misspelt key is an error."""
+    """Base of every component's params: strict, so a misspelt key is an error, and an
+    integer parameter takes only integers (``layers: true`` or ``heads: 4.5`` would
+    otherwise be coerced to 1 and rejected late, or ``heads: 4.0`` silently truncated)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion_to_int(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _wants_int(field.annotation) and (
+                isinstance(value, (bool, float))):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+
+
+def _wants_int(annotation: Any) -> bool:
+    """Whether a field's annotation is ``int`` (possibly ``int | None``), not ``bool`` or
+    a float union that also accepts floats."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return kinds == [int]
+    return annotation is int
 
 
 class NoConfig(ComponentConfig):

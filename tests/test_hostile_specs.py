@@ -65,3 +65,14 @@ def test_a_non_utf8_spec_names_the_file(tmp_path: Path,
 def test_aliases_within_the_limits_still_work() -> None:
     data, _ = parse_yaml("base: &b {width: 64}\nother: *b\n")
     assert data["other"] == {"width": 64}
+
+
+@pytest.mark.parametrize(("key", "value"), [("layers", True), ("heads", 4.0), ("heads", 4.5)])
+def test_integer_params_take_integers_only(key: str, value: object) -> None:
+    import mmcore
+
+    spec = mmcore.load_spec("clip-tiny").to_dict()
+    spec["modalities"]["image"]["encoder"][key] = value
+    with pytest.raises(SpecError, match=rf"modalities\.image\.encoder\.{key}: .*expected an "
+                                        rf"integer, got {value!r}"):
+        mmcore.load_spec(spec)
