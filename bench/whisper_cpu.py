@@ -9,9 +9,13 @@ window: encoder + KV-cached decoding of ``--tokens`` tokens). Prints both times 
 window, both from the same encoder output), since the encoder is the same computation in
 both and bounds the end-to-end ratio of short windows. On a shared machine use
 ``--threads 1``: with more threads, other load stalls the many tiny decoding ops.
+Finally the throughput of many files (``--files``, one 30 s window each): mmcore at
+``--batch-size`` 1 and at the given batch size, and transformers' batched ``generate``,
+in files per second, with whether the tokens agree.
 
     python bench/whisper_cpu.py [--tokens 64] [--iters 3] [--beam-size 1] [--timestamps]
     python bench/whisper_cpu.py --quick          # a small model, a few seconds
+    python bench/whisper_cpu.py --files 8 --batch-size 8
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from mmcore_whisper.transcribe import (
     DecodeOptions,
     decode_window,
     encode,
+    transcribe_batch,
     transcribe_features,
     whisper_head,
 )
@@ -48,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true", help="d_model 64, 2 + 2 layers")
     p.add_argument("--profile", action="store_true", help="profile one mmcore run")
+    p.add_argument("--files", type=int, default=8, help="files in the throughput run (0: skip)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch of the throughput run")
     return p.parse_args(argv)
 
 
@@ -60,7 +67,7 @@ def build(folder: Path, quick: bool) -> tuple[Any, Any]:
                                   languages=tuple(LANGUAGES), max_target_positions=448,
                                   max_length=448)
     assert hf.config.vocab_size == (1768 if quick else 51865)
-    return hf, import_model(folder).eval()
+    return hf, import_model(folder, "hf-whisper").eval()
 
 
 def timed(run: Callable[[], list[int]]) -> tuple[float, list[int]]:
@@ -153,7 +160,53 @@ def main(argv: list[str] | None = None) -> int:
            dec_count)
     if args.profile:
         profile(run_ours)
-    return 0 if same and dec_same else 1
+    batch_same = throughput(hf, ours, args) if args.files > 0 else True
+    return 0 if same and dec_same and batch_same else 1
+
+
+def throughput(hf: Any, ours: Any, args: argparse.Namespace) -> bool:
+    """Files per second over ``args.files`` one-window clips: mmcore batch 1, mmcore batch
+    ``args.batch_size``, transformers' batched generate; -> whether all tokens agree."""
+    features = audio_features(args.files, seed=11)  # (N, n_mels, 3000)
+    options = DecodeOptions(language="en", timestamps=args.timestamps,
+                            max_new_tokens=args.tokens, beam_size=args.beam_size)
+    items = [(f, None) for f in features]
+
+    def ours_at(batch: int) -> Callable[[], list[list[int]]]:
+        return lambda: [r.tokens for r in transcribe_batch(ours, items, options,
+                                                            batch_size=batch)]
+
+    @torch.no_grad()
+    def run_hf() -> list[list[int]]:
+        out = []
+        for start in range(0, args.files, args.batch_size):
+            part = features[start : start + args.batch_size]
+            result = hf.generate(part, language="en", task="transcribe",
+                                 max_new_tokens=args.tokens, return_timestamps=args.timestamps,
+                                 num_beams=args.beam_size, return_segments=True)
+            out += [[t for s in segs for t in s["tokens"].tolist()]
+                    for segs in result["segments"]]
+        return out
+
+    runs = {"mmcore batch 1": ours_at(1), f"mmcore batch {args.batch_size}":
+            ours_at(args.batch_size), f"transformers batch {args.batch_size}": run_hf}
+    tokens, rates = {}, {}
+    for name, run in runs.items():
+        run()  # warm-up
+        times = []
+        for _ in range(args.iters):
+            seconds, tokens[name] = timed(run)  # type: ignore[arg-type]
+            times.append(seconds)
+        rates[name] = args.files / statistics.median(times)
+    same = len({str(t) for t in tokens.values()}) == 1
+    print(f"throughput: {args.files} files of one 30 s window, {args.tokens} tokens at most")
+    for name, rate in rates.items():
+        print(f"  {name:24s} {rate:7.2f} files/s")
+    names = list(rates)
+    print(f"  batch {args.batch_size} / batch 1: {rates[names[1]] / rates[names[0]]:.2f}x; "
+          f"mmcore / transformers (same batch): {rates[names[1]] / rates[names[2]]:.2f}x")
+    print(f"  tokens identical across the three: {same}")
+    return same
 
 
 def report(title: str, hf_times: list[float], our_times: list[float], same: bool,

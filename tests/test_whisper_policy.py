@@ -251,3 +251,24 @@ def test_cli_policy_and_batch(plain_text: Path, tmp_path: Path,
     assert first["segments"][0]["temperature"] == 1.0  # -1.0 is out of a random model's reach
     assert main([*args, "--temperature", "x"]) == 2
     assert "expected numbers separated by commas" in capsys.readouterr().err
+
+
+def test_average_logprob_is_openai_whispers(ours: Any) -> None:
+    """sum of log-softmax(rule-processed logits) at each chosen token, EOS included, over
+    (text tokens + 1): recomputed here from a full (uncached) decode."""
+    from mmcore_whisper.decoding import LogitRules
+
+    head = whisper_head(ours)
+    clip = audio_features(1, seed=4)
+    prompt = [START, 258, 262, NO_TIMESTAMPS]
+    with torch.no_grad():
+        context = encode(ours, head, clip)
+        [result] = decode_windows(head, context, [prompt], [12], Search())
+        ids = torch.tensor([prompt + result.tokens + [EOS]])
+        logits = head.decode(ids, context)[0].float()  # (T, V)
+    rules = LogitRules(head.tokens, head.cfg.vocab_size, len(prompt), timestamps=False)
+    generated = ids[0, len(prompt) :].tolist()[:12]
+    total = sum(float(torch.log_softmax(rules([generated[:i]], logits[len(prompt) - 1 + i][
+        None]), dim=-1)[0, t]) for i, t in enumerate(generated))
+    assert result.sum_logprob == pytest.approx(total, abs=1e-3)
+    assert result.avg_logprob == pytest.approx(total / (len(result.tokens) + 1), abs=1e-3)
