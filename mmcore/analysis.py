@@ -62,6 +62,32 @@ class CostSummary:
     memory: dict[str, int]
     flops_convention: str = FLOPS_CONVENTION
     assumptions: list[str] = field(default_factory=list)
+    #: for models with decoding components: ``context`` (tokens), ``flops_per_token`` (the
+    #: token at position ``context``, attending that many keys) and ``kv_cache_bytes`` (the
+    #: keys and values of ``context`` positions at ``batch_size`` and ``dtype``); else None
+    generation: dict[str, int] | None = None
+
+
+#: bytes per element of the ``mmcore inspect --dtype`` choices
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def generation_figures(cost: Any, context: int | None, batch_size: int, dtype: str
+                       ) -> dict[str, int] | None:
+    """Per-token FLOPs and KV-cache bytes from the summed :class:`GenerationCost` ``cost``
+    (None: no component decodes). ``context`` defaults to the components' longest context;
+    a context beyond it is refused."""
+    if cost is None:
+        return None
+    limit = cost.max_context
+    if context is None:
+        if limit is None:
+            return None
+        context = limit
+    if limit is not None and context > limit:
+        raise ValueError(f"--context {context} exceeds the model's context of {limit} tokens")
+    return {"context": context, "flops_per_token": cost.flops + cost.flops_per_key * context,
+            "kv_cache_bytes": cost.kv_elements * context * batch_size * DTYPE_BYTES[dtype]}
 
 
 def _entry_cost(registry: Registry, kind: str, ref: Any, ctx: Any) -> tuple[Any, str]:
@@ -94,6 +120,7 @@ class _CostWalk:
         self.shapes: dict[str, Any] = {}
         self.fusion: Any = None
         self.heads: dict[str, int] = {}
+        self.generation: Any = None  # the summed GenerationCost of decoding components
 
     def visit(self, path: str, kind: str, ref: Any) -> None:
         if kind in MODALITY_SLOTS:
@@ -106,6 +133,9 @@ class _CostWalk:
     def _add(self, path: str, kind: str, ref: Any, ctx: Any, missing: str = "") -> Any:
         cost, note = (None, missing) if missing else _entry_cost(self.registry, kind, ref, ctx)
         self.rows.append(_row(path, kind, ref, cost, note))
+        extra = getattr(cost, "generation", None)
+        if extra is not None:
+            self.generation = extra if self.generation is None else self.generation + extra
         return cost
 
     def _modality_part(self, path: str, kind: str, ref: Any) -> None:
@@ -141,10 +171,12 @@ class _CostWalk:
 
 
 def analyse(spec: ModelSpec, registry: Registry | None = None, *, batch_size: int = 1,
-            dtype: str = "fp32", built: dict[str, int] | None = None) -> CostSummary:
+            dtype: str = "fp32", built: dict[str, int] | None = None,
+            context: int | None = None) -> CostSummary:
     """Analytic cost of ``spec`` from its components' cost functions; nothing is built.
 
-    ``built`` (path -> parameters of the meta-built module) fills the cross-check column.
+    ``built`` (path -> parameters of the meta-built module) fills the cross-check column;
+    ``context``: the context length of the generation figures (default: the model's).
     """
     from mmcore.cost import MEMORY_ASSUMPTIONS, training_memory
     from mmcore.plugins import get_registry
@@ -173,6 +205,7 @@ def analyse(spec: ModelSpec, registry: Registry | None = None, *, batch_size: in
                      "and allocator overhead left out",
                      "activations: the tensors each layer saves for backward (inputs of "
                      "matrix products and norms, attention probabilities, MLP hidden units), "
-                     "sequences at full length"])
+                     "sequences at full length"],
+        generation=generation_figures(walk.generation, context, batch_size, dtype))
 
 

@@ -93,7 +93,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     comparison (metadata.reference, metadata.compare) when it has them."""
     from mmcore.summary import summarize
 
-    summary = summarize(_load_spec(args.spec), batch_size=args.batch_size, dtype=args.dtype)
+    summary = summarize(_load_spec(args.spec), batch_size=args.batch_size, dtype=args.dtype,
+                        context=args.context)
     if args.json:
         print_json(summary.as_dict())
     else:
@@ -312,6 +313,9 @@ def _add_spec_commands(sub: Any) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="training precision for memory (bf16/fp16: mixed precision with fp32 "
                         "master weights; default fp32)")
+    p.add_argument("--context", type=positive_int, default=None, metavar="N",
+                   help="context length of the generation figures of decoding models (FLOPs "
+                        "per token, KV-cache memory; default: the model's longest)")
     add_json_flag(p)
 
 

@@ -23,6 +23,35 @@ class Shape:
     width: int
 
 
+@dataclass(frozen=True)
+class GenerationCost:
+    """What one autoregressively generated token costs (optional, for decoders): FLOPs
+    ``flops + flops_per_key * keys`` for a token attending ``keys`` cached positions, and
+    ``kv_elements`` cached key/value elements per position (all layers). ``max_context``:
+    the longest context the component takes (None: no limit)."""
+
+    flops: int = 0
+    flops_per_key: int = 0
+    kv_elements: int = 0
+    max_context: int | None = None
+
+    def __add__(self, other: GenerationCost) -> GenerationCost:
+        limits = [c for c in (self.max_context, other.max_context) if c is not None]
+        return GenerationCost(self.flops + other.flops,
+                              self.flops_per_key + other.flops_per_key,
+                              self.kv_elements + other.kv_elements,
+                              min(limits) if limits else None)
+
+    def times(self, n: int) -> GenerationCost:
+        return GenerationCost(self.flops * n, self.flops_per_key * n, self.kv_elements * n,
+                              self.max_context)
+
+
+def _add_generation(a: GenerationCost | None, b: GenerationCost | None
+                    ) -> GenerationCost | None:
+    return a if b is None else b if a is None else a + b
+
+
 @dataclass
 class Cost:
     """Cost of one component for one sample.
@@ -34,6 +63,8 @@ class Cost:
     for a head (objectives read it as ``CostContext.heads``), or None.
     ``embeddings``: pooled embedding widths by name (fusions; heads and objectives read them
     as ``CostContext.embedding_widths``).
+    ``generation``: per generated token, for components that decode (``mmcore inspect``
+    sums them into FLOPs per token and KV-cache memory); None for the others.
     """
 
     params: int = 0
@@ -42,17 +73,20 @@ class Cost:
     attention_scores: int = 0
     out: Shape | None = None
     embeddings: dict[str, int] = field(default_factory=dict)
+    generation: GenerationCost | None = None
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.params + other.params, self.flops + other.flops,
                     self.activations + other.activations,
                     max(self.attention_scores, other.attention_scores),
-                    other.out or self.out, {**self.embeddings, **other.embeddings})
+                    other.out or self.out, {**self.embeddings, **other.embeddings},
+                    _add_generation(self.generation, other.generation))
 
     def times(self, n: int) -> Cost:
         """``n`` identical copies (e.g. n layers)."""
         return Cost(self.params * n, self.flops * n, self.activations * n,
-                    self.attention_scores, self.out, dict(self.embeddings))
+                    self.attention_scores, self.out, dict(self.embeddings),
+                    None if self.generation is None else self.generation.times(n))
 
 
 @dataclass

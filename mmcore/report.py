@@ -150,7 +150,18 @@ def _cost_notes(summary: ModelSummary) -> list[str]:
               + (" (partial)" if cost.partial else "")]
     for assumption in cost.assumptions:
         lines += _wrap(f"assumes {assumption}", "  ")
-    return lines
+    return lines + _generation_lines(cost)
+
+
+def _generation_lines(cost: Any) -> list[str]:
+    """FLOPs per generated token and KV-cache memory, for models that decode."""
+    gen = cost.generation
+    if not gen:
+        return []
+    return ["", f"generation at context {gen['context']:,}: "
+                f"{si(gen['flops_per_token'], 'FLOP')} per generated token "
+                f"({gen['flops_per_token']:,}); KV cache {binary_bytes(gen['kv_cache_bytes'])} "
+                f"({gen['kv_cache_bytes']:,} bytes, batch {cost.batch_size}, {cost.dtype})"]
 
 
 def _wrap(text: str, indent: str = "") -> list[str]:

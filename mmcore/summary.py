@@ -149,7 +149,7 @@ def summarize_model(model: MultimodalModel, registry: Registry | None = None) ->
 
 
 def summarize(spec: ModelSpec, registry: Registry | None = None, *, batch_size: int = 1,
-              dtype: str = "fp32") -> ModelSummary:
+              dtype: str = "fp32", context: int | None = None) -> ModelSummary:
     """Build ``spec`` on the meta device (full validation, no memory) and summarise it,
     with its analytic cost at ``batch_size`` and ``dtype`` (fp32, bf16 or fp16), its
     reference figures and its fusion comparison, if it has them.
@@ -161,7 +161,8 @@ def summarize(spec: ModelSpec, registry: Registry | None = None, *, batch_size: 
     model = build(spec, registry=registry, device="meta")
     summary = summarize_model(model, registry)
     built = {c.path: c.parameters for c in summary.components}
-    summary.cost = analyse(spec, registry, batch_size=batch_size, dtype=dtype, built=built)
+    summary.cost = analyse(spec, registry, batch_size=batch_size, dtype=dtype, built=built,
+                           context=context)
     summary.reference = check_reference(model, spec)
     summary.compare = compare_fusions(spec, registry)
     return summary

@@ -78,7 +78,9 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None,
                 cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        """``key_mask: (B, S)`` marks real keys (None: all real, no cache)."""
+        """``key_mask: (B, S)`` marks real keys (None: all real). The new queries are the
+        last ``T`` positions; one query (a decoding step) sees every key, so it needs no
+        causal mask, which keeps SDPA on its unmasked fast path."""
         cos, sin = rope
         q = apply_rotary(self._split(self.q_proj(x), self.heads), cos, sin)  # (B, H, T, Dh)
         k = apply_rotary(self._split(self.k_proj(x), self.kv_heads), cos, sin)
@@ -86,7 +88,7 @@ class GroupedQueryAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, Hkv, S, Dh)
         out = self.kernels.attention(q, self._repeat(k), self._repeat(v),
-                                     key_padding_mask=key_mask, causal=True)
+                                     key_padding_mask=key_mask, causal=x.shape[1] > 1)
         b, _, t, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
 
@@ -134,14 +136,18 @@ class DecoderStack(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache()
 
-    def _keys(self, x: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor | None:
-        """The (B, S) key mask, recording the new tokens in ``cache``; None when every key
-        is real and nothing is cached (the kernels' fast path)."""
-        if cache is None:
-            return None if mask is None or bool(mask.all()) else mask
-        new = mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool,
-                                                       device=x.device)
-        return cache.extend_mask(new.bool())
+    def _keys(self, x: Tensor, mask: Tensor | None, cache: KVCache | None
+              ) -> tuple[Tensor | None, Tensor]:
+        """(the (B, S) key mask, None when every key is real (the kernels' fast path); the
+        new tokens' default rotary positions (B, T)), recording the tokens in ``cache``."""
+        b, t = x.shape[:2]
+        if cache is not None:
+            new = mask if mask is not None else torch.ones(b, t, dtype=torch.bool,
+                                                           device=x.device)
+            return cache.extend(new)
+        if mask is None or bool(mask.all()):
+            return None, torch.arange(t, device=x.device)[None].expand(b, t)
+        return mask, positions_from_mask(mask)
 
     def _check_length(self, keys: int) -> None:
         window = self.shape.sliding_window
@@ -152,20 +158,11 @@ class DecoderStack(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
                 positions: Tensor | None = None, hook: LayerHook | None = None) -> Tensor:
-        past = cache.length if cache is not None else 0
-        key_mask = self._keys(x, mask, cache)
-        self._check_length(past + x.shape[1])
-        if positions is None:
-            positions = self._positions(x, key_mask, past)
-        rope = self.rotary(positions)  # (B, T, Dh) each
+        key_mask, default_positions = self._keys(x, mask, cache)
+        self._check_length(cache.length if cache is not None else x.shape[1])
+        rope = self.rotary(default_positions if positions is None else positions)  # (B, T, Dh)
         for i, layer in enumerate(self.layers):
             if hook is not None:
                 x = hook(i, x)
             x = layer(x, rope, key_mask, cache, i)
         return self.norm(x)
-
-    def _positions(self, x: Tensor, key_mask: Tensor | None, past: int) -> Tensor:
-        b, t = x.shape[:2]
-        if key_mask is None:
-            return torch.arange(past, past + t, device=x.device)[None].expand(b, t)
-        return positions_from_mask(key_mask)[:, -t:]

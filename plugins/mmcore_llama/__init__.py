@@ -102,7 +102,7 @@ def register_heads(register: Register) -> None:
 @hookimpl
 def register_objectives(register: Register) -> None:
     register("causal-lm", build_causal_lm, config=CausalLMConfig, cost=causal_lm_cost,
-             example=example_causal_lm,
+             tiny={}, example=example_causal_lm,
              summary="next-token cross-entropy; padding and labels -100 are ignored")
 
 

@@ -4,7 +4,7 @@ per-generated-token FLOPs and KV-cache memory of a trunk."""
 
 from __future__ import annotations
 
-from mmcore.cost import Cost, CostContext, Shape, embedding, linear, norm
+from mmcore.cost import Cost, CostContext, GenerationCost, Shape, embedding, linear, norm
 from mmcore.layers.decoder import DecoderShape
 from mmcore_llama.components import (
     CausalLMConfig,
@@ -43,12 +43,21 @@ def _shape(cfg: DecoderLMConfig, ctx: CostContext) -> tuple[DecoderShape, int]:
     return decoder_shape(cfg, text.width), text.tokens
 
 
+def trunk_generation(s: DecoderShape) -> GenerationCost:
+    """Per generated token: every layer for one query (the part that does not depend on
+    the context) plus q k^T and p v per attended key; cached k and v per position."""
+    return GenerationCost(flops=decoder_layer_cost(s, 1, 0).flops * s.layers,
+                          flops_per_key=2 * 2 * s.heads * s.head_dim * s.layers,
+                          kv_elements=2 * s.layers * s.kv_heads * s.head_dim,
+                          max_context=s.max_positions)
+
+
 def decoder_lm_cost(cfg: DecoderLMConfig, ctx: CostContext) -> Cost:
     """``layers`` decoder layers and the final RMSNorm over the text tokens."""
     s, tokens = _shape(cfg, ctx)
     cost = decoder_layer_cost(s, tokens).times(s.layers) + norm(tokens, s.width, 1)
     return Cost(cost.params, cost.flops, cost.activations, cost.attention_scores,
-                Shape(tokens, s.width), {cfg.text: s.width})
+                Shape(tokens, s.width), {cfg.text: s.width}, trunk_generation(s))
 
 
 def lm_head_cost(cfg: LMHeadConfig, ctx: CostContext) -> Cost:
@@ -59,7 +68,9 @@ def lm_head_cost(cfg: LMHeadConfig, ctx: CostContext) -> Cost:
     tokens = ctx.shapes[cfg.text].tokens if cfg.text in ctx.shapes else 1
     cost = linear(tokens, width, cfg.vocab_size, bias=False)
     params = 0 if cfg.tied else cost.params
-    return Cost(params, cost.flops, cost.activations, out=Shape(1, cfg.vocab_size))
+    per_token = GenerationCost(flops=linear(1, width, cfg.vocab_size, bias=False).flops)
+    return Cost(params, cost.flops, cost.activations, out=Shape(1, cfg.vocab_size),
+                generation=per_token)
 
 
 def causal_lm_cost(cfg: CausalLMConfig, ctx: CostContext) -> Cost:
