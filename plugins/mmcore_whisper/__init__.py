@@ -1,6 +1,10 @@
 """mmcore's Whisper family: the ``whisper-decoder`` head (Whisper's text decoder with a
 KV cache), the ``hf-whisper`` converter (Hugging Face folders -> mmcore) and decoding
-(greedy, beam search, timestamps, 30 s windows) behind ``mmcore transcribe``.
+behind ``mmcore transcribe``: greedy, beam search and sampling through the one generation
+loop (``runner``: the decoder as an ``mmcore.generation.Decoder``; ``decoding``: the
+timestamp and suppression rules as a logit processor), 30 s windows of many files batched
+(``transcribe``), and openai-whisper's policy around each window (``policy``: temperature
+fallback, no-speech, prompts; ``options``).
 
 A Whisper model is an ordinary mmcore composition: the ``audio`` modality (log-mel
 preprocessor, ``conv-stem`` tokenizer, ``audio-transformer`` encoder), ``late`` fusion
