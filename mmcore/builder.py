@@ -69,6 +69,7 @@ def build(spec: ModelSpec, *, registry: Registry | None = None, device: str | to
     from mmcore.plugins import get_registry
 
     registry = registry or get_registry()
+    check_size(spec, registry)
     issues: list[SpecIssue] = []
     kernels = KernelSet()
     with _at("kernels", issues):
@@ -81,6 +82,31 @@ def build(spec: ModelSpec, *, registry: Registry | None = None, device: str | to
         raise SpecError(issues, spec.name)
     model = MultimodalModel(**parts, kernels=kernels, spec=spec)
     return model
+
+
+#: The largest model mmcore builds, in parameters, checked analytically before anything
+#: is built (even on the meta device, where ``layers: 10**20`` would otherwise hang).
+#: Raise it by setting ``mmcore.builder.MAX_PARAMETERS``; see docs/reliability.md.
+MAX_PARAMETERS = 10**13
+
+
+def check_size(spec: ModelSpec, registry: Registry) -> None:
+    """SpecError when the analytic parameter count of ``spec`` (the components that have
+    cost functions) is over :data:`MAX_PARAMETERS`, naming the largest components."""
+    from mmcore.analysis import analyse
+
+    try:
+        cost = analyse(spec, registry)
+    except (ValueError, TypeError, OverflowError, ArithmeticError):
+        return  # a cost function that cannot judge this spec: the build reports problems
+    if cost.parameters <= MAX_PARAMETERS:
+        return
+    big = sorted((r for r in cost.components if r.parameters), key=lambda r: -(r.parameters or 0))
+    where = ", ".join(f"{r.path} {float(r.parameters or 0):.2g}" for r in big[:3])
+    raise SpecError([SpecIssue(big[0].path if big else "", f"this spec has "
+                               f"{float(cost.parameters):.2g} parameters ({where}), over the "
+                               f"ceiling of {float(MAX_PARAMETERS):.0e} "
+                               "(mmcore.builder.MAX_PARAMETERS)")], spec.name)
 
 
 def _hardware_for(device: str | torch.device) -> Hardware:

@@ -76,3 +76,26 @@ def test_integer_params_take_integers_only(key: str, value: object) -> None:
     with pytest.raises(SpecError, match=rf"modalities\.image\.encoder\.{key}: .*expected an "
                                         rf"integer, got {value!r}"):
         mmcore.load_spec(spec)
+
+
+@pytest.mark.parametrize(("where", "key", "value"), [
+    ("encoder", "layers", 99999999999999999999),
+    ("tokenizer", "width", 10**9),
+])
+def test_absurd_sizes_are_refused_analytically_before_any_build(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, key: str,
+        value: int) -> None:
+    import yaml
+
+    import mmcore
+
+    spec = mmcore.load_spec("clip-tiny").to_dict()
+    spec["modalities"]["image"][where][key] = value
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    start = time.process_time()
+    for command in (["validate", "--no-data", str(path)], ["inspect", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "parameters" in err and "over the ceiling of 1e+13" in err
+    assert time.process_time() - start < 30.0  # nothing was built
