@@ -9,6 +9,7 @@ from mmcore.errors import CheckpointError, MMCoreError, RegistryError, SpecError
 from mmcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     import torch
@@ -33,6 +34,7 @@ __all__ = [
     "load",
     "load_spec",
     "save",
+    "train",
 ]
 
 
@@ -49,11 +51,34 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mmcore' has no attribute {name!r}")
 
 
-def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:
-    """A validated spec from a YAML path, a preset name or a mapping."""
-    from mmcore.spec import load_spec as _load_spec
+def load_spec(source: str | Path | dict[str, Any],
+              overrides: Sequence[str] = ()) -> ModelSpec:
+    """A validated spec from a YAML path, a preset name or a mapping; ``overrides`` are
+    ``KEY=VALUE`` strings as on the command line (``"train.lr=1e-4"``)."""
+    from mmcore.overrides import load_spec as _load_spec
 
-    return _load_spec(source)
+    return _load_spec(source, overrides)
+
+
+def train(spec: ModelSpec | str | Path | dict[str, Any] | None, out_dir: str | Path, *,
+          init: str | Path | Mapping[str, str] | None = None, model: Any = None,
+          **options: Any) -> Path:
+    """Train into the run folder ``out_dir``; returns the final model file.
+
+    ``spec``: anything :func:`load_spec` takes (None: ``model.spec``). ``init``: weights
+    to start from, for the whole model (an mmcore checkpoint or run folder, or anything
+    ``mmcore import`` reads) or per component path (``{"modalities.image": "runs/clip"}``).
+    ``model``: a model already built or loaded, trained instead of a fresh build.
+    ``options``: those of :func:`mmcore.training.train` (steps, resume, device, ...)."""
+    from mmcore.spec import ModelSpec as _ModelSpec
+    from mmcore.training import train as _train
+
+    if spec is None:
+        if model is None or getattr(model, "spec", None) is None:
+            raise ValueError("train needs a spec, or a model that carries one")
+        spec = model.spec
+    resolved = spec if isinstance(spec, _ModelSpec) else load_spec(spec)
+    return _train(resolved, out_dir, init=init, model=model, **options)
 
 
 def build(spec: ModelSpec | str | Path | dict[str, Any], *,

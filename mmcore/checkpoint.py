@@ -1,7 +1,9 @@
 """Model checkpoints: safetensors only, written atomically, verified before anything loads.
 
 Metadata (all strings, as safetensors requires): ``format``, ``mmcore_version``, ``spec``
-(JSON), ``plugins`` (JSON name -> version) and ``kernels`` (JSON op -> choice).
+(JSON), ``plugins`` (JSON name -> version), ``kernels`` (JSON op -> choice) and, for a
+model whose training started from other weights, ``init`` (JSON: each source's path,
+format, the sha256 of its files and the components it gave; see mmcore.training.init).
 
 The run-folder layout lives here too, so every loader reads a run the same way::
 
@@ -36,6 +38,8 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"step-(\d+)")
+#: the model attribute holding where its initial weights came from, and its metadata key
+INIT_ATTR, INIT_KEY = "init_provenance", "init"
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -151,6 +155,9 @@ def save(model: nn.Module, path: str | Path, extra: Mapping[str, str] | None = N
         "kernels": json.dumps(getattr(model, "kernel_choices", {})),
         **dict(extra or {}),
     }
+    init = getattr(model, INIT_ATTR, None)
+    if init:
+        meta[INIT_KEY] = json.dumps(init)
     return save_tensors(model.state_dict() if tensors is None else tensors, path, meta)
 
 
@@ -283,3 +290,57 @@ def with_base(path: str | Path, tensors: dict[str, Tensor]) -> dict[str, Tensor]
         raise CheckpointError(f"{path} references base {base}, whose sha256 no longer "
                               f"matches ({ref['sha256'][:12]}...): it was changed")
     return {**read_tensors(base), **tensors}
+
+
+# --- loading by component path ----------------------------------------------------------
+
+
+def component_keys(model: nn.Module, path: str) -> list[str]:
+    """The state-dict keys of the modules at a component path (``modalities.image``,
+    ``fusion``, ``heads.cls``, ...; see ``MultimodalModel.modules_at``)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    prefixes = tuple(f"{names[id(m)]}." for m in model.modules_at(path))  # type: ignore[operator]
+    return [k for k in model.state_dict() if k.startswith(prefixes)] if prefixes else []
+
+
+def load_components(model: nn.Module, tensors: Mapping[str, Tensor], paths: list[str],
+                    source: str, *, required: bool) -> tuple[list[str], list[str]]:
+    """Copy the tensors of each component path from ``tensors`` into ``model``; ->
+    (paths loaded, paths the source does not cover: left as they are).
+
+    A component counts only whole: some of its tensors missing, a shape mismatch (named
+    with both shapes) or non-finite values is a CheckpointError listing every problem, and
+    nothing is loaded. ``required``: a path the source does not cover is an error too."""
+    loaded: list[str] = []
+    fresh: list[str] = []
+    problems: list[str] = []
+    own = model.state_dict()
+    for path in paths:
+        keys = component_keys(model, path)
+        present = [k for k in keys if k in tensors]
+        if not keys:
+            continue  # holds no parameters or buffers
+        if not present and not required:
+            fresh.append(path)
+            continue
+        problems += _component_problems(path, keys, own, tensors)
+        loaded.append(path)
+    if problems:
+        raise CheckpointError(f"{source} does not fit this model: " + "; ".join(problems[:8]))
+    subset = {k: tensors[k] for p in loaded for k in component_keys(model, p)}
+    model.load_state_dict(subset, strict=False)
+    return loaded, fresh
+
+
+def _component_problems(path: str, keys: list[str], own: Mapping[str, Tensor],
+                        tensors: Mapping[str, Tensor]) -> list[str]:
+    """What stops component ``path`` loading from ``tensors``."""
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        return [f"{path}: the source lacks {len(missing)} of its {len(keys)} tensor(s), "
+                f"e.g. {', '.join(missing[:3])}"]
+    out = [f"shape mismatch {k}: source {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in keys if tensors[k].shape != own[k].shape]
+    bad = [k for k in keys
+           if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all()]
+    return out + ([f"non-finite values in {', '.join(bad[:3])}"] if bad else [])

@@ -207,6 +207,10 @@ class ModelSpec(BaseModel):
     #: notes the builder ignores; ``mmcore inspect`` reads ``reference`` (published figures
     #: to compare with) and ``compare`` (fusion variants to cost side by side)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: weights a fresh training run starts from: one source for the whole model, or
+    #: component path -> source (``{modalities.image: runs/clip}``); a source is an mmcore
+    #: checkpoint, a run folder or anything ``mmcore import`` reads (see mmcore.training.init)
+    init: str | dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _names(self) -> ModelSpec:
@@ -284,7 +288,21 @@ def check_components(spec: ModelSpec, registry: Registry,
     issues: list[SpecIssue] = []
     for path, kind, ref in spec.components():
         issues += _check_ref(path, kind, ref, registry, lines)
-    return issues + _weight_issues(spec, lines)
+    return issues + _weight_issues(spec, lines) + init_issues(spec, lines)
+
+
+def init_issues(spec: ModelSpec, lines: Mapping[str, int] | None = None) -> list[SpecIssue]:
+    """``init:`` keys must be component paths of this model."""
+    if not isinstance(spec.init, dict):
+        return []
+    known = spec.module_paths()
+    issues = []
+    for path in spec.init:
+        if path not in known:
+            hint = suggest(path, known) or f" Paths: {', '.join(known)}"
+            issues.append(SpecIssue(f"init.{path}", f"not a component path of this model.{hint}",
+                                    _line(f"init.{path}", lines or {})))
+    return issues
 
 
 def _weight_issues(spec: ModelSpec, lines: Mapping[str, int]) -> list[SpecIssue]:
@@ -359,10 +377,12 @@ class SpecCheck:
     dropped: frozenset[str] = frozenset()
     #: key path -> YAML line
     lines: Mapping[str, int] = field(default_factory=dict)
+    #: key paths set outside the YAML (command-line overrides): no line for their issues
+    unlocated: frozenset[str] = frozenset()
 
     def located(self, issue: SpecIssue) -> SpecIssue:
         """``issue`` with the YAML line of its key path (or the nearest parent's)."""
-        if issue.line is not None:
+        if issue.line is not None or any(_overlap(issue.path, p) for p in self.unlocated):
             return issue
         return SpecIssue(issue.path, issue.message, _line(issue.path, self.lines))
 
@@ -376,6 +396,11 @@ class SpecCheck:
         if self.issues or self.spec is None:
             raise SpecError(self.issues, self.source)
         return self.spec
+
+
+def _overlap(path: str, other: str) -> bool:
+    """Whether one key path lies within the other (or they are equal)."""
+    return path == other or path.startswith(other + ".") or other.startswith(path + ".")
 
 
 def _registry(registry: Registry | None) -> Registry:

@@ -10,7 +10,7 @@ everything that can be known.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,14 +283,15 @@ def check(spec: ModelSpec, registry: Registry | None = None, *, data: bool = Fal
 
 
 def validate_source(source: str | Path | Mapping[str, Any], registry: Registry | None = None,
-                    *, data: bool = True, reach: bool = True) -> Report:
+                    *, data: bool = True, reach: bool = True,
+                    overrides: Sequence[str] = ()) -> Report:
     """Every problem with a spec (a path, preset name or mapping), round after round:
     YAML, structure and params, training options, preprocessor/tokenizer agreement, the
     data's keys (``data``), the full meta-device build, and (``reach``) warnings about
-    parameters no objective reaches."""
-    from mmcore.spec import read_spec
+    parameters no objective reaches. ``overrides``: ``KEY=VALUE`` (mmcore.overrides)."""
+    from mmcore.overrides import read_spec
 
-    found = read_spec(source, registry)
+    found = read_spec(source, overrides, registry)
     spec = found.spec
     report = Report(spec.name if spec is not None else str(found.source or source),
                     found.source, list(found.issues))

@@ -97,9 +97,42 @@ def op_names() -> list[str]:
     return sorted(_CANDIDATES)
 
 
+class DeviceError(MMCoreError):
+    """A ``--device`` that is not a device name, or names hardware this machine lacks."""
+
+
+#: the device names ``check_device`` accepts
+DEVICE_FORMS = "cpu, cuda, cuda:N or mps"
+
+
+def check_device(device: str | torch.device) -> str:
+    """``device`` as a torch device string, or DeviceError in one line: not a device name
+    (the valid forms are listed), or CUDA / an index / MPS this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"--device {device!r} is not a device; use {DEVICE_FORMS}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else \
+                "no CUDA GPU is visible"
+            raise DeviceError(f"--device {device}: CUDA is absent on this machine ({why}); "
+                              "use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"--device {device}: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {device}: MPS is absent on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise DeviceError(f"--device {device!r} is not supported; use {DEVICE_FORMS}")
+    return str(dev)
+
+
 def detect_hardware(device: str | torch.device | None = None) -> Hardware:
-    """The hardware a model on ``device`` (default: cuda if available) will run on."""
-    dev = torch.device(device) if device is not None else torch.device(
+    """The hardware a model on ``device`` (default: cuda if available) will run on; a
+    device named explicitly must exist here (:func:`check_device`)."""
+    dev = torch.device(check_device(device)) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     packages = frozenset(p for p in _OPTIONAL_PACKAGES if importlib.util.find_spec(p) is not None)
     if dev.type == "cuda" and torch.cuda.is_available():

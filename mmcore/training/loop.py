@@ -25,6 +25,7 @@ from mmcore.training.evaluation import (
     track_best,
     track_early_stopping,
 )
+from mmcore.training.init import with_init
 from mmcore.training.loggers import make_loggers
 from mmcore.training.metrics import Window, log_row, write_spec
 from mmcore.training.setup import open_run
@@ -40,7 +41,7 @@ def train(spec: ModelSpec, out_dir: str | Path, *, resume: bool = False,
           steps: int | None = None, progress: bool = True, device: str = "cpu",
           dataset: TrainData | None = None, stop_after: int | None = None,
           overwrite: bool = False, callbacks: Sequence[Any] = (),
-          eval_dataset: Dataset | None = None) -> Path:
+          eval_dataset: Dataset | None = None, init: Any = None, model: Any = None) -> Path:
     """Train ``spec`` into ``out_dir``; returns the final ``model.safetensors``.
 
     ``steps`` overrides ``spec.train.steps`` (the schedule's length). ``resume`` continues
@@ -50,19 +51,22 @@ def train(spec: ModelSpec, out_dir: str | Path, *, resume: bool = False,
     (``train.eval_every``). ``stop_after`` stops at that step with a
     checkpoint, as an interruption would; the return value is then that checkpoint's model.
     ``overwrite`` deletes an earlier run's checkpoints and metrics in ``out_dir``.
+    ``init`` starts from other weights (:func:`mmcore.training.init.with_init`: a source,
+    or component path -> source); ``model`` starts from a model already built or loaded.
     ``callbacks``: :class:`~mmcore.training.callbacks.Callback` s, called on every rank
     after the loggers; one that calls ``run.stop()`` ends the run (final model saved).
 
     Under torchrun every rank calls this; it joins the process group (gloo on CPU, NCCL on
     CUDA) unless the caller already did. A worker group torchrun restarted resumes.
     """
+    spec = with_init(spec, init)
     validation.check(spec, data=dataset is None)  # the spec's data: its first item's keys
     if restart_count() > 0:  # torchrun --max-restarts brought us back after a failure
         resume, overwrite = True, False
     device, joined = init_distributed(device)
     try:
         run = open_run(spec, Path(out_dir), resume=resume, steps=steps, device=device,
-                       dataset=dataset, overwrite=overwrite)
+                       dataset=dataset, overwrite=overwrite, model=model)
         return _train(run, progress=progress, stop_after=stop_after, callbacks=callbacks,
                       eval_dataset=eval_dataset)
     finally:

@@ -1,5 +1,6 @@
-"""Opening a run: a fresh one (seeded, built, parts frozen) or one resumed from the newest
-complete checkpoint, wrapped for this world (DDP/FSDP) with its optimizer and scaler."""
+"""Opening a run: a fresh one (seeded, built or given, started from ``init`` weights, parts
+frozen) or one resumed from the newest complete checkpoint, wrapped for this world
+(DDP/FSDP) with its optimizer and scaler."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Any
 
 import torch
 
-from mmcore.checkpoint import CHECKPOINTS, MODEL_FILE, latest_checkpoint, load_state
+from mmcore.checkpoint import CHECKPOINTS, INIT_ATTR, MODEL_FILE, latest_checkpoint, load_state
 from mmcore.data import TrainData, spec_train_data
 from mmcore.distributed import barrier, is_main, rank, world_size
 from mmcore.parallel import Parallel, resolve_strategy
 from mmcore.spec import ModelSpec
 from mmcore.training.checkpoints import read_state, restore_run
 from mmcore.training.data import steps_per_epoch
+from mmcore.training.init import apply_init, read_sources, saved_provenance
 from mmcore.training.metrics import METRICS
 from mmcore.training.optim import make_optimizer
 from mmcore.training.parts import checkpoint_encoders, freeze
@@ -28,23 +30,31 @@ _RUN_FILES = (METRICS, "metrics.csv", "loss.png", MODEL_FILE, "spec.yaml",
 
 
 def open_run(spec: ModelSpec, out_dir: Path, *, resume: bool, steps: int | None,
-             device: str, dataset: TrainData | None, overwrite: bool) -> Run:
+             device: str, dataset: TrainData | None, overwrite: bool,
+             model: Any = None) -> Run:
     """The run to train in ``out_dir``: resumed from its newest complete checkpoint when
-    ``resume``, else fresh (an earlier run there is an error unless ``overwrite``)."""
+    ``resume``, else fresh (an earlier run there is an error unless ``overwrite``).
+
+    A fresh run starts from ``model`` when given (a model already built or loaded), else
+    builds ``spec``; then loads ``spec.init`` (:mod:`mmcore.training.init`). All of that
+    happens before the run folder is touched, so a bad source leaves it as it was."""
     latest = latest_checkpoint(out_dir)
     barrier()  # every rank has looked before rank 0 may clear the folder
-    if latest is not None and not resume:
-        if not overwrite:
-            raise TrainingError(f"{out_dir} already holds a run (checkpoint {latest.name}); "
-                                "resume it (--resume), overwrite it, or choose another folder")
+    if latest is not None and not resume and not overwrite:
+        raise TrainingError(f"{out_dir} already holds a run (checkpoint {latest.name}): "
+                            "continue it with --resume, delete it and start again with "
+                            "--overwrite, or choose another --out folder")
+    data = dataset if dataset is not None else spec_train_data(spec, "train")
+    if latest is not None and resume:
+        return _resumed_run(spec, out_dir, latest, steps, device, data, model)
+    fresh = _fresh_model(spec, device, model)
+    if latest is not None:  # overwrite
         if is_main():
             _clear_run(out_dir)
         barrier()
-        latest = None
-    data = dataset if dataset is not None else spec_train_data(spec, "train")
-    if latest is None:
-        return _fresh_run(spec, out_dir, steps, device, data)
-    return _resumed_run(spec, out_dir, latest, steps, device, data)
+    if is_main():
+        (out_dir / METRICS).unlink(missing_ok=True)
+    return make_run(spec, out_dir, fresh, data, steps or spec.train.steps, device)
 
 
 def _clear_run(out_dir: Path) -> None:
@@ -55,12 +65,13 @@ def _clear_run(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def _prepare_model(spec: ModelSpec, device: str) -> Any:
-    """Build the model, freeze the parts ``train.freeze`` names and checkpoint the
-    activations of the encoders ``train.activation_checkpointing`` names."""
+def _prepare_model(spec: ModelSpec, device: str, model: Any = None) -> Any:
+    """Build the model (or move the given one to ``device``), freeze the parts
+    ``train.freeze`` names and checkpoint the activations of the encoders
+    ``train.activation_checkpointing`` names."""
     from mmcore.builder import build
 
-    model = build(spec, device=device)
+    model = build(spec, device=device) if model is None else model.to(device)
     freeze(model, spec.train.freeze)
     if spec.train.activation_checkpointing:
         checkpoint_encoders(model, spec.train.activation_checkpointing)
@@ -68,16 +79,24 @@ def _prepare_model(spec: ModelSpec, device: str) -> Any:
         from mmcore import lora
 
         lora.apply(model, spec.train.lora)
+    if spec.train.compile:  # in place: parameter names and checkpoints are unchanged
+        from mmcore.layers.transformer import compile_stacks
+
+        compile_stacks(model)
     return model
 
 
-def _fresh_run(spec: ModelSpec, out_dir: Path, steps: int | None, device: str,
-               dataset: TrainData) -> Run:
+def _fresh_model(spec: ModelSpec, device: str, model: Any) -> Any:
+    """Seeded, built (unless given) and loaded with ``spec.init``'s weights."""
+    sources = read_sources(spec)  # every source read and checked before anything is built
     seed_everything(spec.train.seed)
-    model = _prepare_model(spec, device)
-    if is_main():
-        (out_dir / METRICS).unlink(missing_ok=True)
-    return make_run(spec, out_dir, model, dataset, steps or spec.train.steps, device)
+    if model is None:
+        from mmcore.builder import build
+
+        model = build(spec, device=device)
+    if sources:
+        apply_init(model, spec, sources, announce=is_main())
+    return _prepare_model(spec, device, model)
 
 
 def make_run(spec: ModelSpec, out_dir: Path, model: Any, dataset: TrainData, total: int,
@@ -102,9 +121,12 @@ def make_run(spec: ModelSpec, out_dir: Path, model: Any, dataset: TrainData, tot
 
 
 def _resumed_run(spec: ModelSpec, out_dir: Path, checkpoint: Path, steps: int | None,
-                 device: str, dataset: TrainData) -> Run:
+                 device: str, dataset: TrainData, model: Any = None) -> Run:
     state = read_state(checkpoint)
-    model = load_state(_prepare_model(spec, device), checkpoint / MODEL_FILE)
+    model = load_state(_prepare_model(spec, device, model), checkpoint / MODEL_FILE)
+    provenance = saved_provenance(checkpoint / MODEL_FILE)
+    if provenance:  # later checkpoints keep saying where the first weights came from
+        setattr(model, INIT_ATTR, provenance)
     run = make_run(spec, out_dir, model, dataset, steps or state["total_steps"], device)
     restore_run(run, checkpoint, state)
     return run
