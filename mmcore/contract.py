@@ -51,11 +51,14 @@ class Tokens:
 class FusionOutput:
     """What a fusion returns: token streams and pooled embeddings ``(B, D)``, by name.
 
-    Names are modality names, or ``"fused"`` for a joint representation.
+    Names are modality names, or ``"fused"`` for a joint representation. ``latents``: a
+    latent-array fusion's latents ``(B, M, D)`` (Perceiver), which query decoders read; None
+    for other fusions.
     """
 
     tokens: dict[str, Tokens] = field(default_factory=dict)
     embeddings: dict[str, Tensor] = field(default_factory=dict)
+    latents: Tokens | None = None
 
 
 @dataclass

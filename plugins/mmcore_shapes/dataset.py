@@ -3,6 +3,10 @@
 Item ``i`` of a split is a pure function of ``(seed, split, i)``. Some colour-shape
 combinations never appear in ``train``; the ``eval`` split holds exactly those, so
 zero-shot evaluation measures composition of seen colours and shapes into unseen pairs.
+
+With ``masks: true`` each item also holds a per-pixel segmentation target ``"mask"``:
+``(S, S)`` int64, 0 for background and ``1 + colour index`` where the shape is (see
+:data:`SEGMENTATION_CLASSES`); the image and every other key stay exactly as without it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from pydantic import Field, model_validator
 
 from mmcore.registry import ComponentConfig
-from mmcore_shapes.render import COLOURS, SHAPES, render
+from mmcore_shapes.render import COLOURS, SHAPES, render_with_mask
 
 #: split name -> (RNG stream, which combinations it draws from)
 SPLITS: dict[str, tuple[int, str]] = {
@@ -21,6 +26,8 @@ SPLITS: dict[str, tuple[int, str]] = {
     "eval": (1, "unseen"),
     "eval-seen": (2, "seen"),
 }
+#: per-pixel classes of the segmentation target: background, then one per colour
+SEGMENTATION_CLASSES: tuple[str, ...] = ("background", *COLOURS)
 CAPTIONS: tuple[str, ...] = (
     "{a} {colour} {shape}",
     "{a} {colour} {shape}.",
@@ -54,6 +61,8 @@ class ShapesConfig(ComponentConfig):
     radius: tuple[float, float] = (0.2, 0.36)
     #: which split this dataset serves; :meth:`ShapesDataset.split` gives the others
     split: str = "train"
+    #: also yield ``"mask"``: (S, S) int64 per-pixel classes (0 background, 1 + colour)
+    masks: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ShapesConfig:
@@ -84,10 +93,13 @@ def _article(word: str) -> str:
 
 
 class ShapesDataset:
-    """Map-style: ``ds[i] -> {"image": PIL.Image, "text": str, "label": int}``."""
+    """Map-style: ``ds[i] -> {"image": PIL.Image, "text": str, "label": int}`` (plus
+    ``"mask": (S, S) int64`` with ``masks: true``)."""
 
     splits: ClassVar[tuple[str, ...]] = tuple(SPLITS)
     templates: ClassVar[list[str]] = list(TEMPLATES)
+    #: names of the ``"mask"`` values (index = class)
+    segmentation_classes: ClassVar[list[str]] = list(SEGMENTATION_CLASSES)
 
     def __init__(self, cfg: ShapesConfig) -> None:
         self.cfg = cfg
@@ -118,7 +130,12 @@ class ShapesDataset:
         rng = np.random.default_rng((self.cfg.seed, self.stream, index))
         label = self.labels[index % len(self.labels)]
         colour, shape = self.class_names[label].split(" ")
-        image = render(colour, shape, self.cfg.image_size, rng, self.cfg.noise, self.cfg.radius)
+        image, covered = render_with_mask(colour, shape, self.cfg.image_size, rng,
+                                          self.cfg.noise, self.cfg.radius, mask=self.cfg.masks)
         caption = CAPTIONS[int(rng.integers(len(CAPTIONS)))]
         text = caption.format(a=_article(colour), colour=colour, shape=shape)
-        return {"image": image, "text": text, "label": label}
+        item: dict[str, Any] = {"image": image, "text": text, "label": label}
+        if covered is not None:
+            classes = covered.astype(np.int64) * (1 + list(COLOURS).index(colour))
+            item["mask"] = torch.from_numpy(classes)  # (S, S) int64
+        return item

@@ -52,7 +52,7 @@ def _outline(shape: str) -> list[tuple[float, float]]:
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
-          turn: float, fill: tuple[int, int, int]) -> None:
+          turn: float, fill: tuple[int, int, int] | int) -> None:
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     else:
@@ -69,6 +69,15 @@ def render(colour: str, shape: str, size: int, rng: np.random.Generator,
     rotation on a random grey background, plus Gaussian pixel noise (std ``noise`` of 255).
 
     ``radius``: the shape's radius range as fractions of the image side."""
+    return render_with_mask(colour, shape, size, rng, noise, radius, mask=False)[0]
+
+
+def render_with_mask(colour: str, shape: str, size: int, rng: np.random.Generator,
+                     noise: float = 0.06, radius: tuple[float, float] = (0.2, 0.36),
+                     mask: bool = True) -> tuple[Image.Image, np.ndarray | None]:
+    """:func:`render`'s image (the same pixels for the same RNG state) and, with ``mask``,
+    which pixels the shape covers: a ``(size, size)`` bool array, True where at least half
+    of the pixel's supersampled area is the shape."""
     big = size * _SUPERSAMPLE
     u = rng.random(11)  # every random choice but the noise, in one draw
     grey = 40 + 176 * u[0]
@@ -78,10 +87,21 @@ def render(colour: str, shape: str, size: int, rng: np.random.Generator,
     cx, cy = r + (big - 2 * r) * u[5], r + (big - 2 * r) * u[6]
     fill = tuple(_clamp(c + 36 * (j - 0.5)) for c, j in zip(COLOURS[colour], u[7:10],
                                                            strict=True))
-    _draw(ImageDraw.Draw(image), shape, cx, cy, r, 24 * (u[10] - 0.5), fill)
+    turn = 24 * (u[10] - 0.5)
+    _draw(ImageDraw.Draw(image), shape, cx, cy, r, turn, fill)
+    covered = _coverage(shape, cx, cy, r, turn, big, size) if mask else None
     small = image.resize((size, size), Image.Resampling.BOX)
     if noise <= 0:
-        return small
+        return small, covered
     pixels = np.asarray(small, dtype=np.float32)  # (S, S, 3)
     pixels = pixels + rng.standard_normal(pixels.shape, dtype=np.float32) * (noise * 255.0)
-    return Image.fromarray((np.clip(pixels, 0, 255) + 0.5).astype(np.uint8), "RGB")
+    return Image.fromarray((np.clip(pixels, 0, 255) + 0.5).astype(np.uint8), "RGB"), covered
+
+
+def _coverage(shape: str, cx: float, cy: float, r: float, turn: float, big: int,
+              size: int) -> np.ndarray:
+    """(size, size) bool: pixels at least half covered by the shape drawn at ``big``."""
+    canvas = Image.new("L", (big, big), 0)
+    _draw(ImageDraw.Draw(canvas), shape, cx, cy, r, turn, 255)
+    area = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+    return area >= 128
