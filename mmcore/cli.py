@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mmcore import listing
 from mmcore._version import __version__
@@ -37,21 +37,20 @@ from mmcore.errors import MMCoreError, SpecError
 from mmcore.registry import KINDS
 from mmcore.report import flatten, format_summary, format_table
 from mmcore.report import number as _number
-
-if TYPE_CHECKING:
-    from mmcore.spec import ModelSpec
+from mmcore.train_command import (
+    TRAIN_EXAMPLES,
+    add_overrides,
+    add_train_arguments,
+    checked_device,
+    cmd_train,
+    load_spec_args,
+    split_specs,
+)
 
 DEBUG_ENV = "MMCORE_DEBUG"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _load_spec(source: str) -> ModelSpec:
-    """A spec from a YAML path or a preset name (SpecError lists every problem)."""
-    import mmcore
-
-    return mmcore.load_spec(source)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -60,19 +59,25 @@ def _load_spec(source: str) -> ModelSpec:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Fully validate each spec: params, training options, neighbouring components, the
     data's first item and a meta-device build (nothing large is allocated)."""
+    specs, overrides = split_specs([*args.specs, *args.overrides])
+    if not specs:
+        raise UsageError("validate needs a spec (a YAML file or a preset name) before "
+                         "KEY=VALUE overrides")
     code = EXIT_OK
-    for source in args.specs:
-        if not _validate_one(source, data=not args.no_data, strict=args.strict):
+    for source in specs:
+        if not _validate_one(source, data=not args.no_data, strict=args.strict,
+                             overrides=overrides):
             code = EXIT_USAGE
     return code
 
 
-def _validate_one(source: str, *, data: bool = True, strict: bool = False) -> bool:
+def _validate_one(source: str, *, data: bool = True, strict: bool = False,
+                  overrides: Sequence[str] = ()) -> bool:
     """Print one spec's problems (``error:``), warnings and notes, or ``ok: NAME (N
     parameters)``; True when it is valid (``strict``: and has no warnings)."""
     from mmcore.validation import validate_source
 
-    report = validate_source(source, data=data)
+    report = validate_source(source, data=data, overrides=overrides)
     errors = report.errors + (report.warnings if strict else [])
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -93,55 +98,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     comparison (metadata.reference, metadata.compare) when it has them."""
     from mmcore.summary import summarize
 
-    summary = summarize(_load_spec(args.spec), batch_size=args.batch_size, dtype=args.dtype,
+    spec = load_spec_args(args.spec, args.overrides)
+    summary = summarize(spec, batch_size=args.batch_size, dtype=args.dtype,
                         context=args.context)
     if args.json:
         print_json(summary.as_dict())
     else:
         print(format_summary(summary))
     return EXIT_OK
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a spec's model on its data. DIR receives checkpoints, metrics (metrics.jsonl,
-    metrics.csv, loss.png), the spec and the final model.safetensors."""
-    from mmcore.parallel import launch_rank
-    from mmcore.training import train
-
-    spec = _train_overrides(_load_spec(args.spec), args)
-    checkpoint = train(spec, Path(args.out), resume=args.resume, steps=args.steps,
-                       progress=not args.no_progress, device=args.device,
-                       stop_after=args.stop_after, overwrite=args.overwrite)
-    if launch_rank() != 0:  # under torchrun rank 0 alone reports
-        return EXIT_OK
-    print(f"checkpoint: {checkpoint}")
-    if checkpoint != Path(args.out) / "model.safetensors":
-        print(f"continue: mmcore train {args.spec} --out {args.out} --resume")
-    elif _is_contrastive(spec):
-        print(f"evaluate: mmcore eval {args.out} --task zero-shot  (or --task retrieval)")
-    return EXIT_OK
-
-
-def _train_overrides(spec: ModelSpec, args: argparse.Namespace) -> ModelSpec:
-    """The spec with ``train:`` settings replaced by the train command's options."""
-    from mmcore.errors import SpecIssue
-    from mmcore.spec import TrainSpec
-
-    given = {"strategy": args.strategy, "precision": args.precision,
-             "grad_accum_steps": args.grad_accum, "tensorboard": args.tensorboard or None}
-    changes = {k: v for k, v in given.items() if v is not None}
-    if not changes:
-        return spec
-    try:
-        train = TrainSpec.model_validate({**spec.train.model_dump(), **changes})
-    except ValueError as exc:
-        raise SpecError([SpecIssue("train", str(exc))], args.spec) from None
-    return spec.model_copy(update={"train": train})
-
-
-def _is_contrastive(spec: ModelSpec) -> bool:
-    """Whether ``mmcore eval`` applies: an objective that pairs modalities."""
-    return any("pairs" in ref.params for ref in spec.objectives.values())
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -152,16 +116,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no checkpoint or run folder at {path}")
     from mmcore.evaluate import evaluate
 
-    options: dict[str, Any] = {"progress": not args.no_progress, "device": args.device,
-                               "limit": args.limit}
+    options: dict[str, Any] = {"progress": not args.no_progress,
+                               "device": checked_device(args.device), "limit": args.limit,
+                               "split": args.split, **_probe_options(args)}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
     if args.data is not None:
-        options["dataset"] = _eval_dataset(args.data, args.templates)
+        options["dataset"] = _eval_dataset(args.data, args.templates, args.split)
     elif args.templates is not None:
         raise UsageError("--templates needs --data (a dataset that takes templates)")
     if args.pair is not None:
         options["pair"] = _pair(args.pair)
+    from mmcore.evaluate import TASKS
+
+    if args.task not in TASKS:  # a plugin's task: its own options go with it
+        options.update({dest: getattr(args, dest) for dest in args.task_options})
     metrics = evaluate(path, args.task, **options)
     if args.json:
         print_json({"checkpoint": str(path), **metrics})
@@ -173,7 +142,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _eval_dataset(text: str, templates: str | None = None) -> Any:
+def _probe_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The linear probe's options; UsageError when they are given to another task."""
+    given = {"modality": args.modality, "train_limit": args.train_limit}
+    options = {k: v for k, v in given.items() if v is not None}
+    if options and args.task != "linear-probe":
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        raise UsageError(f"{flags} apply to --task linear-probe only")
+    return options
+
+
+def _eval_dataset(text: str, templates: str | None = None, split: str = "eval") -> Any:
     """``--data`` -> that dataset's eval split. ``text``: a YAML mapping
     (``'{type: audio-folder, root: DIR}'``), a .yaml/.json file holding one, or
     ``TYPE:PATH`` (PATH fills the dataset's ``path`` or ``root``). ``templates`` sets the
@@ -192,7 +171,7 @@ def _eval_dataset(text: str, templates: str | None = None) -> Any:
         raise UsageError("--data takes TYPE:PATH or a YAML mapping with a type, e.g. "
                          "image-folder:photos/ or '{type: audio-folder, root: sounds/}'")
     data = dict(data) | ({"templates": templates} if templates is not None else {})
-    return open_dataset(ComponentRef.model_validate(data), EVAL)
+    return open_dataset(ComponentRef.model_validate(data), split or EVAL)
 
 
 def _typed_path(kind: str, path: str) -> dict[str, Any]:
@@ -297,7 +276,10 @@ def _add_spec_commands(sub: Any) -> None:
     p = _command(sub, "validate", cmd_validate, "check specs fully without allocating memory",
                  "Prints 'ok: NAME (N parameters)' per spec, or every problem with its key path\n"
                  "and YAML line. Exit code 2 if any spec is invalid.")
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="a YAML file or a preset name")
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="a YAML file or a preset name; KEY=VALUE arguments override keys of "
+                        "every spec given (train.lr=1e-4)")
+    p.set_defaults(overrides=[])
     p.add_argument("--no-data", action="store_true",
                    help="do not read the dataset's first item (remote or large data)")
     p.add_argument("--strict", action="store_true",
@@ -306,8 +288,10 @@ def _add_spec_commands(sub: Any) -> None:
                  "parameters, FLOPs, memory and attention cost per component",
                  "Costs are analytic (2 FLOPs per multiply-add, per sample); the model is also\n"
                  "built on the meta device as a cross-check, so even large models cost no\n"
-                 "memory. example: mmcore inspect fusion-compare")
+                 "memory. example: mmcore inspect fusion-compare\n"
+                 "         mmcore inspect clip-tiny modalities.image.encoder.layers=6")
     p.add_argument("spec", metavar="SPEC", help="a YAML file or a preset name")
+    add_overrides(p)
     p.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                    help="batch size for activation and training memory (default 1)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
@@ -320,40 +304,34 @@ def _add_spec_commands(sub: Any) -> None:
 
 
 def _add_run_commands(sub: Any) -> None:
-    p = _command(sub, "train", cmd_train, "train a model from a spec",
-                 "example: mmcore train clip-tiny --out runs/clip-tiny --steps 200\n"
-                 "several processes: torchrun --nproc_per_node 2 -m mmcore train clip-tiny "
-                 "--out runs/clip-tiny")
-    p.add_argument("spec", metavar="SPEC", help="a YAML file or a preset name")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder for checkpoints")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from DIR's newest complete checkpoint (fresh if none)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete an earlier run in DIR and start again")
-    p.add_argument("--steps", type=positive_int, metavar="N",
-                   help="train N steps in all (default: the spec's train.steps)")
-    p.add_argument("--stop-after", type=positive_int, metavar="N",
-                   help="stop at step N with a checkpoint; --resume continues later")
-    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"],
-                   help="under torchrun: ddp or fsdp (FSDP2); auto = ddp (default: the spec's "
-                        "train.strategy)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision; fp16 adds a gradient scaler (default: the spec's)")
-    p.add_argument("--grad-accum", type=positive_int, metavar="N",
-                   help="micro-batches per optimizer step (default: the spec's)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard events to DIR/tensorboard")
+    p = _command(sub, "train", cmd_train, "train a model from a spec", TRAIN_EXAMPLES)
+    add_train_arguments(p)
     p = _command(sub, "eval", cmd_eval, "evaluate a trained checkpoint",
                  "examples:\n  mmcore eval runs/clip-tiny --task retrieval --json\n"
                  "  mmcore eval clip.safetensors --task zero-shot --data image-folder:photos/ "
-                 "--templates simple")
+                 "--templates simple\n"
+                 "  mmcore eval runs/clip-tiny --task linear-probe --split eval-seen\n"
+                 "  mmcore eval runs/classifier --task classification --split eval-seen")
     p.add_argument("checkpoint", metavar="CKPT",
                    help="a run folder, a checkpoint folder or a .safetensors file")
-    p.add_argument("--task", required=True, choices=["zero-shot", "retrieval"],
+    from mmcore.evaluate import TASKS
+
+    plugin_tasks = _plugin_tasks()
+    p.add_argument("--task", required=True, choices=[*TASKS, *plugin_tasks],
                    help="zero-shot: classify by prompts of the class names (top-1/top-5); "
-                        "retrieval: recall@k both ways between the paired modalities")
+                        "retrieval: recall@k both ways between the paired modalities; "
+                        "classification: accuracy of the model's classification head; "
+                        "linear-probe: logistic regression on frozen pooled features of the "
+                        "train split, scored on the evaluated split; "
+                        "the others come from plugins: " + (", ".join(
+                            f"{n} ({s})" for n, s in plugin_tasks.items()) or "none"))
+    p.add_argument("--split", default="eval", metavar="NAME",
+                   help="the data split evaluated (default eval; shapes: eval = colour-shape "
+                        "pairs never trained on, eval-seen = new images of trained pairs)")
+    p.add_argument("--modality", metavar="NAME",
+                   help="linear-probe: whose pooled features (default: the first modality)")
+    p.add_argument("--train-limit", type=positive_int, metavar="N",
+                   help="linear-probe: fit on the first N items of the train split only")
     p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="items embedded at once (default: evaluate's own)")
     p.add_argument("--limit", type=positive_int, metavar="N",
@@ -368,9 +346,34 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--pair", metavar="A,B",
                    help="classified and prompt modalities (default: the contrastive "
                         "objective's first pair), e.g. image,text")
-    p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     add_json_flag(p)
+    p.set_defaults(task_options=_add_task_arguments(p))
+
+
+def _plugin_tasks() -> dict[str, str]:
+    """Registered evaluation tasks -> their summaries."""
+    from mmcore.plugins import get_registry
+
+    return {e.name: e.summary for e in get_registry().list("task")}
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser) -> list[str]:
+    """Each plugin task's own options, in a group per task; returns their dests. A task
+    whose options cannot be added is left without them, with a warning naming it."""
+    from mmcore.tasks import registered_tasks
+
+    dests: list[str] = []
+    for name, task in registered_tasks().items():
+        before = {action.dest for action in parser._actions}
+        try:
+            task.add_arguments(parser.add_argument_group(f"--task {name}"))  # type: ignore[arg-type]
+        except Exception as exc:  # a broken plugin task must not break eval
+            warnings.warn(f"options of eval task {name!r} are left out: {exc}", stacklevel=2)
+        dests += [a.dest for a in parser._actions if a.dest not in before]
+    return dests
 
 
 def _add_convert_commands(sub: Any) -> None:
@@ -455,12 +458,26 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, letting KEY=VALUE overrides stand anywhere after a command that takes them
+    (argparse alone takes them only right after the spec)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        from mmcore.overrides import is_override
+
+        args.overrides += [e for e in extra if is_override(e)]
+        extra = [e for e in extra if not is_override(e)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``mmcore`` entry point; returns the exit code (0 ok, 1 failure, 2 bad input)."""
     with _concise_warnings():
         parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
     if args.command is None:

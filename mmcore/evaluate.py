@@ -1,8 +1,14 @@
-"""Evaluate a contrastive model: zero-shot classification and cross-modal retrieval.
+"""Evaluate a trained model: zero-shot classification and cross-modal retrieval for a
+contrastive model, accuracy for a model with a classification head, and a linear probe on
+any model's frozen pooled features (:mod:`mmcore.probe`).
 
 Which embeddings to compare comes from the model's contrastive objective: its first pair
 ``(a, b)`` names the "image-like" modality ``a`` (what gets classified) and the
 "text-like" modality ``b`` (what the class prompts are written in).
+
+Each task is also a plain function of (model, dataset, batch size) -> metrics, for use
+during training: :func:`zero_shot`, :func:`retrieval`, :func:`classification` and
+:func:`mmcore.probe.linear_probe`.
 """
 
 from __future__ import annotations
@@ -16,30 +22,45 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmcore.data import EVAL, Dataset, spec_dataset
+from mmcore.errors import suggest
 from mmcore.progress import Progress
+from mmcore.tasks import EvalTask, TaskOptions, registered_tasks
 
-Task = Literal["zero-shot", "retrieval"]
-TASKS: tuple[str, ...] = ("zero-shot", "retrieval")
+Task = Literal["zero-shot", "retrieval", "classification", "linear-probe"]
+TASKS: tuple[str, ...] = ("zero-shot", "retrieval", "classification", "linear-probe")
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a {}.")
 
 
 def evaluate(model_or_checkpoint: Any, task: Task, *, dataset: Dataset | None = None,
              batch_size: int = 256, progress: bool = True, device: str | None = None,
-             limit: int | None = None, pair: tuple[str, str] | None = None) -> dict[str, Any]:
+             limit: int | None = None, pair: tuple[str, str] | None = None,
+             split: str = EVAL, **probe: Any) -> dict[str, Any]:
     """Run ``task`` and return its metrics (plus chance levels) as a JSON-able dict.
 
     ``model_or_checkpoint``: a MultimodalModel, a ``.safetensors`` file, a checkpoint folder
-    or a training run folder. ``dataset`` defaults to the spec's ``data:`` at its ``eval``
-    split (for shapes: the colour-shape combinations never trained on). ``limit`` caps the
-    number of evaluated items. ``pair`` (image-like, text-like) overrides the objective's
-    first pair, e.g. ``("image", "text")`` for a model whose first pair is audio-text.
+    or a training run folder. ``dataset`` defaults to the spec's ``data:`` at ``split``
+    (default ``eval``; for shapes: the colour-shape combinations never trained on,
+    ``eval-seen``: new images of the trained ones). ``limit`` caps the number of evaluated
+    items. ``pair`` (image-like, text-like) overrides the objective's first pair, e.g.
+    ``("image", "text")`` for a model whose first pair is audio-text. ``probe``: the
+    options of :func:`mmcore.probe.probe_model` (``modality``, ``train_limit``, ...).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    plugin_tasks = registered_tasks() if task not in TASKS else {}
+    if task not in TASKS and task not in plugin_tasks:
+        known = [*TASKS, *plugin_tasks]
+        raise ValueError(f"unknown task {task!r}.{suggest(task, known)} Tasks: "
+                         f"{', '.join(known)}")
     model = resolve_model(model_or_checkpoint, device)
-    data = dataset if dataset is not None else spec_dataset(model.spec, EVAL)
-    if limit is not None:
+    data = dataset if dataset is not None else _spec_data(model.spec, split)
+    if limit is not None and data is not None:
         data = _Head(data, limit)
+    if task in plugin_tasks:  # the options of a plugin's task arrive in ``probe``
+        options = TaskOptions(batch_size, progress, device, limit, dict(probe))
+        return run_plugin_task(plugin_tasks[task], model, data, options)
+    if data is None:
+        raise ValueError(f"{task} needs data: the model's spec names none (give --data)")
+    if task in ("classification", "linear-probe"):
+        return _supervised(model, task, data, batch_size, progress, probe)
     image_like, text_like = pair or contrastive_pair(model)
     unknown = sorted({image_like, text_like} - set(model.modalities))
     if unknown:
@@ -52,6 +73,39 @@ def evaluate(model_or_checkpoint: Any, task: Task, *, dataset: Dataset | None = 
             if task == "zero-shot":
                 return zero_shot(model, data, image_like, text_like, batch_size, progress)
             return retrieval(model, data, image_like, text_like, batch_size, progress)
+    finally:
+        model.train(was_training)
+
+
+def _spec_data(spec: Any, split: str) -> Dataset | None:
+    """The spec's data at ``split``; None when the spec names no data."""
+    return spec_dataset(spec, split) if spec.data is not None else None
+
+
+def run_plugin_task(task: EvalTask, model: Any, data: Dataset | None,
+                    options: TaskOptions) -> dict[str, Any]:
+    """A plugin's evaluation task, the model in eval mode under no_grad."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return task.run(model, data, options)
+    finally:
+        model.train(was_training)
+
+
+def _supervised(model: Any, task: str, data: Dataset, batch_size: int, progress: bool,
+                probe: Mapping[str, Any]) -> dict[str, Any]:
+    """``classification`` or ``linear-probe`` on ``data``, the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if task == "classification":
+                return classification(model, data, batch_size, progress)
+        from mmcore.probe import probe_model
+
+        return probe_model(model, data, batch_size=batch_size, progress=progress, **probe)
     finally:
         model.train(was_training)
 
@@ -109,12 +163,14 @@ def _batches(n: int, size: int) -> Iterator[range]:
 
 
 def embed_raw(model: Any, modality: str, items: Sequence[Any], batch_size: int,
-              bar: Progress | None = None) -> Tensor:
-    """Raw items -> L2-normalised embeddings (N, E), in batches, on the CPU."""
+              bar: Progress | None = None, *, normalize: bool = True) -> Tensor:
+    """Raw items -> embeddings (N, E), L2-normalised unless ``normalize`` is False, in
+    batches, on the CPU."""
     out = []
     for rows in _batches(len(items), batch_size):
         inputs = model.preprocess(modality, [items[i] for i in rows])
-        out.append(F.normalize(model.embed(modality, inputs).float(), dim=-1).cpu())
+        emb = model.embed(modality, inputs).float()
+        out.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())
         if bar is not None:
             bar.update(len(rows))
     return torch.cat(out) if out else torch.empty(0, 0)
@@ -240,3 +296,43 @@ def _chance_hit(positives: Tensor, n: int, k: int) -> Tensor:
     for j in range(k):
         miss = miss * ((n - positives - j).clamp(min=0).double() / (n - j))
     return 1.0 - miss
+
+
+# --- classification ---------------------------------------------------------------------
+
+
+def classifier_head(model: Any) -> tuple[str, str]:
+    """(head name, label key) of the model's classifier: the head a ``classification``
+    objective trains (its ``head`` and ``target``), else the model's only head."""
+    for objective in getattr(model, "objectives", {}).values():
+        cfg = getattr(objective, "cfg", None)
+        head, target = getattr(cfg, "head", None), getattr(cfg, "target", None)
+        if isinstance(head, str) and isinstance(target, str) and head in model.heads:
+            return head, target
+    if len(getattr(model, "heads", {})) == 1:
+        return next(iter(model.heads)), "label"
+    raise ValueError("classification needs a model with a classification head (a "
+                     "'classification' objective naming it); this model has heads "
+                     f"{sorted(getattr(model, 'heads', {}))}")
+
+
+def classification(model: Any, dataset: Dataset, batch_size: int = 256,
+                   progress: bool = True) -> dict[str, Any]:
+    """Top-1/top-5 accuracy of the model's classification head on ``dataset`` (items with
+    the model's modalities and a label), with chance levels over the head's classes."""
+    from mmcore.data import Collator
+
+    head, target = classifier_head(model)
+    keys = [*model.modalities, target]
+    collate = Collator.for_model(model)
+    logits, labels = [], []
+    with Progress(len(dataset), desc="classification", unit="item", enabled=progress) as bar:
+        for rows in _batches(len(dataset), batch_size):
+            items = [{k: v for k, v in dataset[i].items() if k in keys} for i in rows]
+            batch = collate(items)
+            logits.append(model(batch).heads[head].float().cpu())  # (B, C)
+            labels.append(batch[target].cpu())
+            bar.update(len(rows))
+    scores, truth = torch.cat(logits), torch.cat(labels)
+    return {"task": "classification", "head": head, "samples": len(truth),
+            "num_classes": scores.shape[1], **_topk(scores, truth, scores.shape[1])}

@@ -385,3 +385,22 @@ def test_eval_needs_a_contrastive_model(capsys: pytest.CaptureFixture[str],
     code, _, err = run(capsys, "eval", str(path), "--task", "zero-shot", "--no-progress")
     assert code == 1
     assert "contrastive objective" in err
+
+
+def test_existing_run_message_names_the_flags(capsys: pytest.CaptureFixture[str],
+                                              tiny_spec: Path, tmp_path: Path) -> None:
+    out_dir = str(tmp_path / "run")
+    common = [str(tiny_spec), "--out", out_dir, "--steps", "1", "--no-progress",
+              "train.warmup_steps=0"]
+    assert run(capsys, "train", *common)[0] == 0
+    code, _, err = run(capsys, "train", *common)
+    assert code == 1 and err.count("\n") == 1
+    assert "--resume" in err and "--overwrite" in err and "--out" in err
+
+
+def test_train_needs_out_unless_printing(capsys: pytest.CaptureFixture[str],
+                                         tiny_spec: Path) -> None:
+    code, _, err = run(capsys, "train", str(tiny_spec))
+    assert code == 2 and "train needs --out DIR" in err
+    code, out, _ = run(capsys, "train", str(tiny_spec), "--print-spec", "--init", "runs/a")
+    assert code == 0 and yaml.safe_load(out)["init"] == "runs/a"

@@ -26,6 +26,9 @@ def register_presets(register: Register) -> None:
     register("clip-tiny", SPECS / "clip-tiny.yaml",
              summary="tiny CLIP (ViT + text transformer) that trains on the built-in shapes "
                      "data in minutes on a CPU")
+    register("clip-tiny-classifier", SPECS / "clip-tiny-classifier.yaml",
+             summary="clip-tiny's image tower with a classification head, to fine-tune a "
+                     "trained clip-tiny (--init)")
     register("perceiver-tiny", SPECS / "perceiver-tiny.yaml",
              summary="image+text shape classifier with the Perceiver latent array as fusion "
                      "trunk")
