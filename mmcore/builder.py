@@ -52,11 +52,14 @@ def make_component(registry: Registry, kind: str, ref: ComponentRef, ctx: BuildC
 
 @contextmanager
 def _at(path: str, issues: list[SpecIssue]) -> Iterator[None]:
-    """Turn a factory's ValueError/TypeError into a spec issue at ``path``."""
+    """Turn a factory's error into a spec issue at ``path`` (ValueError/TypeError as they
+    are; anything else a plugin raises named with its type)."""
     try:
         yield
     except (ValueError, TypeError, KernelError) as exc:
         issues.append(SpecIssue(path, str(exc)))
+    except Exception as exc:  # a plugin's factory failing in its own way: still a report
+        issues.append(SpecIssue(path, f"building it failed: {type(exc).__name__}: {exc}"))
 
 
 def build(spec: ModelSpec, *, registry: Registry | None = None, device: str | torch.device = "cpu",

@@ -8,8 +8,11 @@ import importlib
 import importlib.metadata as metadata
 import importlib.util
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -141,6 +144,7 @@ class _Collector:
             if requires is not None and importlib.util.find_spec(requires) is None:
                 self.unavailable[(kind, name)] = requires  # absent, but named when asked for
                 return
+            _check_registration(kind, name, factory, config)
             doc = summary or (factory.__doc__ or "").strip().split("\n")[0]
             self._add(Entry(kind, name, factory, config, self.plugin, self.version,
                             source_location(factory), doc, tiny, example, cost))
@@ -168,6 +172,21 @@ class _Collector:
                         self.version, source_location(run), command.summary))
 
 
+def _check_registration(kind: str, name: Any, factory: Any, config: Any) -> None:
+    """What a plugin hands ``register`` must be usable: a name, a callable factory and a
+    pydantic config class (``config=dict`` would fail at every use)."""
+    from pydantic import BaseModel
+
+    if not isinstance(name, str) or not name:
+        raise RegistryError(f"a {kind} name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise RegistryError(f"{kind} {name!r}: the factory must be callable, got "
+                            f"{type(factory).__name__}")
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        raise RegistryError(f"{kind} {name!r}: config must be a pydantic model class "
+                            f"(mmcore.registry.ComponentConfig), got {config!r}")
+
+
 def _plugin_manager(cand: _Candidate) -> pluggy.PluginManager:
     """A plugin manager holding just this plugin (imported here)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -177,7 +196,27 @@ def _plugin_manager(cand: _Candidate) -> pluggy.PluginManager:
     return pm
 
 
-def _fail(info: PluginInfo, exc: Exception) -> PluginInfo:
+@contextmanager
+def _real_interrupts() -> Iterator[list[bool]]:
+    """Tell a real Ctrl-C (SIGINT) apart from a plugin raising KeyboardInterrupt itself:
+    the yielded list becomes truthy when the signal arrives while plugins load."""
+    interrupted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _fail(info: PluginInfo, exc: BaseException) -> PluginInfo:
     info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
     warnings.warn(f"mmcore plugin {info.name!r} could not be loaded: {info.error}",
                   PluginWarning, stacklevel=4)
@@ -220,11 +259,14 @@ def _load_one(cand: _Candidate, registry: Registry) -> PluginInfo:
         return info
     collector = _Collector(cand.name, cand.version)
     try:
-        pm = _plugin_manager(cand)
-        for hook_name, kind in hookspecs.HOOK_KINDS.items():
-            if kind != "command":
-                getattr(pm.hook, hook_name)(register=collector.for_kind(kind))
-    except Exception as exc:  # a broken plugin must not break the rest
+        with _real_interrupts() as interrupted:
+            pm = _plugin_manager(cand)
+            for hook_name, kind in hookspecs.HOOK_KINDS.items():
+                if kind != "command":
+                    getattr(pm.hook, hook_name)(register=collector.for_kind(kind))
+    except BaseException as exc:  # a broken plugin must not break the rest, not even
+        if interrupted:  # with SystemExit or a KeyboardInterrupt of its own; Ctrl-C stops
+            raise
         return _fail(info, exc)
     _collect_commands(pm, collector, info)
     _add_entries(registry, collector.entries, info)

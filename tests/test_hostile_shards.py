@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mmcore.cli import main
-from mmcore_webdataset.reading import iter_members, read_index
+from mmcore_webdataset.index import read_index
+from mmcore_webdataset.reading import iter_members
 from mmcore_webdataset.writing import read_captions, write_shards
 
 

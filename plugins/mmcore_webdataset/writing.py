@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmcore_webdataset.reading import INDEX_FILE
+from mmcore_webdataset.index import INDEX_FILE
 
 
 @dataclass
