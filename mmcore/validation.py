@@ -222,23 +222,30 @@ def read_item(spec: ModelSpec, registry: Registry | None = None,
     the spec's modalities. (None, []) where the spec names no data."""
     if dataset is None and spec.data is None:
         return None, []
+    from mmcore.data import TRAIN, is_stream, open_train_data
+
     try:
-        item = _first_item(spec, registry, dataset)
+        if dataset is None:
+            assert spec.data is not None
+            dataset = open_train_data(spec.data, TRAIN, registry)
+        item = next(iter(dataset)) if is_stream(dataset) else dataset[0]
     except Exception as exc:  # any failure to read data is a spec issue
         return None, [SpecIssue("data", f"cannot read the dataset: {_one_line(exc)}")]
     if not isinstance(item, Mapping):
         return None, [SpecIssue("data", f"the dataset yields {type(item).__name__} items, "
                                         "not mappings of modality name -> raw input")]
-    return item, _key_problems(spec, item)
+    size = None if is_stream(dataset) else len(dataset)
+    return item, _key_problems(spec, item) + _size_problems(spec, size)
 
 
-def _first_item(spec: ModelSpec, registry: Registry | None, dataset: Any) -> Any:
-    from mmcore.data import TRAIN, is_stream, open_train_data
-
-    if dataset is None:
-        assert spec.data is not None
-        dataset = open_train_data(spec.data, TRAIN, registry)
-    return next(iter(dataset)) if is_stream(dataset) else dataset[0]
+def _size_problems(spec: ModelSpec, size: int | None) -> list[SpecIssue]:
+    """A batch larger than a map-style dataset would repeat samples within one batch."""
+    if size is None or size >= spec.train.batch_size:
+        return []
+    return [SpecIssue("train.batch_size", f"{spec.train.batch_size} is more than the {size} "
+                      "training samples of the dataset: every batch would repeat samples "
+                      "(and a contrastive loss would see them as false negatives); lower "
+                      "train.batch_size")]
 
 
 def _key_problems(spec: ModelSpec, item: Mapping[str, Any]) -> list[SpecIssue]:

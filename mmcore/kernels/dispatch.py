@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mmcore.errors import MMCoreError
+from mmcore.errors import MMCoreError, suggest
 
 log = logging.getLogger(__name__)
 ENV_PREFIX = "MMCORE_KERNEL_"  # e.g. MMCORE_KERNEL_ATTENTION=reference
@@ -208,6 +208,17 @@ def _not_chosen(op: str, cand: Candidate, hw: Hardware) -> str:
     return f"lower priority; {cand.note}"
 
 
+def check_environment() -> None:
+    """KernelError for an ``MMCORE_KERNEL_<OP>`` variable naming no op (a typo would
+    otherwise be ignored, while the same key in a spec is an error)."""
+    ops = {op.upper(): op for op in op_names()}
+    for key in sorted(os.environ):
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):] not in ops:
+            hint = suggest(key[len(ENV_PREFIX):], list(ops))
+            raise KernelError(f"environment variable {key} names no kernel op.{hint} Ops: "
+                              + ", ".join(ENV_PREFIX + name for name in ops))
+
+
 def select_kernels(requested: Mapping[str, str] | None = None,
                    hardware: Hardware | None = None) -> KernelSet:
     """One choice per op. ``requested`` (from the spec) and ``MMCORE_KERNEL_<OP>`` force one;
@@ -216,6 +227,7 @@ def select_kernels(requested: Mapping[str, str] | None = None,
     unknown = sorted(set(requested) - set(_CANDIDATES))
     if unknown:
         raise KernelError(f"unknown kernel op(s) {unknown}; ops are {op_names()}")
+    check_environment()
     hw = hardware or detect_hardware()
     return KernelSet({op: _choose(op, hw, _forced(op, requested)) for op in op_names()})
 

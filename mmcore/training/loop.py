@@ -60,7 +60,7 @@ def train(spec: ModelSpec, out_dir: str | Path, *, resume: bool = False,
     CUDA) unless the caller already did. A worker group torchrun restarted resumes.
     """
     spec = with_init(spec, init)
-    validation.check(spec, data=dataset is None)  # the spec's data: its first item's keys
+    validation.check(spec, data=dataset is None, dataset=dataset)  # first item, size
     if restart_count() > 0:  # torchrun --max-restarts brought us back after a failure
         resume, overwrite = True, False
     device, joined = init_distributed(device)
