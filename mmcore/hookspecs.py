@@ -113,6 +113,13 @@ def register_eval_tasks(register: Register) -> None:
     summary="")``; ``factory()`` returns a :class:`mmcore.tasks.EvalTask`."""
 
 
+@hookspec
+def register_codecs(register: Register) -> None:
+    """Register image codecs: ``factory(params, ctx)`` returns a module with
+    ``encode(images (B, 3, H, W))`` and ``decode(latents)`` (a KL autoencoder's continuous
+    latents, or a VQ-VAE's codes) and its ``downsampling`` factor."""
+
+
 #: hook name -> registry kind it fills; the registry's kinds are derived from it.
 HOOK_KINDS: dict[str, str] = {
     "register_preprocessors": "preprocessor",
@@ -129,6 +136,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_loggers": "logger",
     "register_generators": "generator",
     "register_eval_tasks": "task",
+    "register_codecs": "codec",
 }
 
 

@@ -17,15 +17,21 @@ from mmcore_diffusion.samplers import Sampler
 from mmcore_diffusion.unet import UNet2DCondition
 from mmcore_diffusion.vae import AutoencoderKL
 
+Denoise = Callable[[Tensor, Tensor, Tensor], Tensor]
+
 
 @torch.no_grad()
-def sample_latents(unet: UNet2DCondition, sampler: Sampler, latents: Tensor, cond: Tensor, *,
+def sample_latents(unet: UNet2DCondition | Denoise, sampler: Sampler, latents: Tensor,
+                   cond: Tensor, *,
                    uncond: Tensor | None = None, steps: int = 50, guidance: float = 7.5,
                    generator: torch.Generator | None = None,
                    progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Run ``steps`` denoising steps from initial noise ``latents`` (scaled by the sampler's
-    ``init_noise_sigma`` here). ``progress(i, steps)`` is called after each step."""
-    unet.check_size(latents.shape[-2], latents.shape[-1])
+    ``init_noise_sigma`` here). ``progress(i, steps)`` is called after each step.
+    ``unet`` is any ``(x (B, C, h, w), t, context) -> (B, C, h, w)`` callable."""
+    check = getattr(unet, "check_size", None)
+    if check is not None:
+        check(latents.shape[-2], latents.shape[-1])
     context = guidance_batch(cond, uncond, guidance)  # (B or 2B, L, D)
     timesteps = sampler.prepare(steps)
     x = latents * sampler.init_noise_sigma

@@ -174,6 +174,8 @@ class AutoencoderKL(nn.Module):
         super().__init__()
         kernels = kernels if kernels is not None else select_kernels()
         self.cfg = cfg
+        self.downsampling = cfg.downsampling  # image side / latent side
+        self.latent_channels = cfg.latent_channels
         self.encoder = Encoder(cfg, kernels=kernels)
         self.decoder = Decoder(cfg, kernels=kernels)
         lat = cfg.latent_channels
