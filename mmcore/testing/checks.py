@@ -100,8 +100,9 @@ def _take(obj: Any, i: int) -> Any:
     """Element ``i`` of a batched input, keeping a batch dimension of 1."""
     if isinstance(obj, Tensor):
         return obj[i : i + 1] if obj.dim() > 0 else obj
-    if isinstance(obj, Tokens):
-        return Tokens(_take(obj.x, i), None if obj.mask is None else _take(obj.mask, i))
+    if isinstance(obj, Tokens):  # a subclass keeps its own fields (e.g. LMTokens' ids)
+        return dataclasses.replace(obj, **{f.name: _take(getattr(obj, f.name), i)
+                                           for f in dataclasses.fields(obj) if f.init})
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.replace(obj, **{f.name: _take(getattr(obj, f.name), i)
                                            for f in dataclasses.fields(obj)})
@@ -116,8 +117,8 @@ def _with_grad(obj: Any) -> Any:
     """A copy of ``obj`` whose floating tensors are leaves that require grad."""
     if isinstance(obj, Tensor):
         return obj.detach().clone().requires_grad_(True) if obj.is_floating_point() else obj
-    if isinstance(obj, Tokens):
-        return Tokens(_with_grad(obj.x), obj.mask)
+    if isinstance(obj, Tokens):  # a subclass keeps its own fields (e.g. LMTokens' ids)
+        return dataclasses.replace(obj, x=_with_grad(obj.x))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.replace(obj, **{f.name: _with_grad(getattr(obj, f.name))
                                            for f in dataclasses.fields(obj)})
