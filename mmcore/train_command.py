@@ -5,6 +5,7 @@ each module stays short."""
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,7 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"checkpoint: {checkpoint}")
     if checkpoint != Path(args.out) / "model.safetensors":
-        print(f"continue: mmcore train {args.spec} --out {args.out} --resume")
+        again = " ".join(shlex.quote(o) for o in args.overrides)  # the same spec again
+        print(f"continue: mmcore train {args.spec} {again + ' ' if again else ''}"
+              f"--out {args.out} --resume")
     elif _is_contrastive(spec):
         print(f"evaluate: mmcore eval {args.out} --task zero-shot  (or --task retrieval)")
     return EXIT_OK

@@ -404,3 +404,13 @@ def test_train_needs_out_unless_printing(capsys: pytest.CaptureFixture[str],
     assert code == 2 and "train needs --out DIR" in err
     code, out, _ = run(capsys, "train", str(tiny_spec), "--print-spec", "--init", "runs/a")
     assert code == 0 and yaml.safe_load(out)["init"] == "runs/a"
+
+
+def test_continue_line_repeats_the_overrides(capsys: pytest.CaptureFixture[str],
+                                             tiny_spec: Path, tmp_path: Path) -> None:
+    out_dir = str(tmp_path / "run")
+    code, out, _ = run(capsys, "train", str(tiny_spec), "--out", out_dir, "--no-progress",
+                       "--stop-after", "1", "train.lr=2e-4", "name=my run")
+    assert code == 0
+    assert out.splitlines()[-1] == (f"continue: mmcore train {tiny_spec} train.lr=2e-4 "
+                                    f"'name=my run' --out {out_dir} --resume")
