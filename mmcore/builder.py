@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from mmcore.errors import SpecError, SpecIssue
 from mmcore.kernels import Hardware, KernelError, KernelSet, select_kernels
+from mmcore.limits import Limit
 from mmcore.registry import Entry, Registry
 from mmcore.spec import ComponentRef, ModelSpec, ObjectiveRef
 
@@ -87,29 +88,29 @@ def build(spec: ModelSpec, *, registry: Registry | None = None, device: str | to
     return model
 
 
-#: The largest model mmcore builds, in parameters, checked analytically before anything
-#: is built (even on the meta device, where ``layers: 10**20`` would otherwise hang).
-#: Raise it by setting ``mmcore.builder.MAX_PARAMETERS``; see docs/reliability.md.
-MAX_PARAMETERS = 10**13
+#: The largest model mmcore builds, checked analytically before anything is built (even
+#: on the meta device, where ``layers: 10**20`` would otherwise hang).
+PARAMETERS = Limit("parameters", 10**13, "the parameters of a model")
 
 
 def check_size(spec: ModelSpec, registry: Registry) -> None:
     """SpecError when the analytic parameter count of ``spec`` (the components that have
-    cost functions) is over :data:`MAX_PARAMETERS`, naming the largest components."""
+    cost functions) is over the :data:`PARAMETERS` limit, naming the largest components."""
     from mmcore.analysis import analyse
 
     try:
         cost = analyse(spec, registry)
     except (ValueError, TypeError, OverflowError, ArithmeticError):
         return  # a cost function that cannot judge this spec: the build reports problems
-    if cost.parameters <= MAX_PARAMETERS:
+    ceiling = PARAMETERS.value()
+    if cost.parameters <= ceiling:
         return
     big = sorted((r for r in cost.components if r.parameters), key=lambda r: -(r.parameters or 0))
     where = ", ".join(f"{r.path} {float(r.parameters or 0):.2g}" for r in big[:3])
     raise SpecError([SpecIssue(big[0].path if big else "", f"this spec has "
                                f"{float(cost.parameters):.2g} parameters ({where}), over the "
-                               f"ceiling of {float(MAX_PARAMETERS):.0e} "
-                               "(mmcore.builder.MAX_PARAMETERS)")], spec.name)
+                               f"ceiling of {float(ceiling):.0e} {PARAMETERS.hint()}")],
+                    spec.name)
 
 
 def _hardware_for(device: str | torch.device) -> Hardware:

@@ -14,28 +14,31 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from mmcore.limits import Limit
+
 #: The longest side accepted, in pixels, whatever the pixel count (docs/reliability.md).
-MAX_SIDE = 100_000
+IMAGE_SIDE = Limit("image_side", 100_000, "the longest side of an image in pixels")
 #: The most elongated image accepted (long side / short side): resizing the short side of
 #: a 1 x 20,000,000 strip to 32 would make a 32 x 640,000,000 intermediate.
-MAX_ASPECT_RATIO = 100.0
+IMAGE_ASPECT = Limit("image_aspect", 100.0, "an image's long side over its short side")
 
 
 def check_size(w: int, h: int, max_pixels: int, what: str) -> None:
     """Refuse empty images, images over ``max_pixels`` (decompression bombs), over
-    :data:`MAX_SIDE` on a side, or more elongated than :data:`MAX_ASPECT_RATIO`."""
+    :data:`IMAGE_SIDE` on a side, or more elongated than :data:`IMAGE_ASPECT`."""
     if w == 0 or h == 0:
         raise ValueError(f"{what} is empty ({w}x{h})")
     if w * h > max_pixels:
         raise ValueError(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
                          "(decompression-bomb guard; raise the preprocessor's max_pixels if "
                          "you trust it)")
-    if max(w, h) > MAX_SIDE:
-        raise ValueError(f"{what} is {w}x{h}: a side over {MAX_SIDE:,} pixels "
-                         "(mmcore.imaging.MAX_SIDE)")
-    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
-        raise ValueError(f"{what} is {w}x{h}, an aspect ratio over {MAX_ASPECT_RATIO:g}:1 "
-                         "(mmcore.imaging.MAX_ASPECT_RATIO); crop it first")
+    side, aspect = IMAGE_SIDE.value(), IMAGE_ASPECT.value()
+    if max(w, h) > side:
+        raise ValueError(f"{what} is {w}x{h}: a side over {side:,} pixels "
+                         f"{IMAGE_SIDE.hint()}")
+    if max(w, h) / min(w, h) > aspect:
+        raise ValueError(f"{what} is {w}x{h}, an aspect ratio over {aspect:g}:1 "
+                         f"{IMAGE_ASPECT.hint()}; crop it first")
 
 
 def to_pil(item: Any, max_pixels: int, what: str = "image") -> Image.Image:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmcore.errors import RegistryError, SpecError, SpecIssue, suggest
+from mmcore.limits import Limit
 from mmcore.registry import Registry
 from mmcore.train_spec import TrainSpec
 
@@ -44,9 +45,9 @@ _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+012
 
 #: Limits on a spec's YAML (docs/reliability.md): its size, the nodes it expands to once
 #: aliases are followed (a "billion laughs" document expands exponentially) and its depth.
-MAX_SPEC_BYTES = 1 << 20
-MAX_SPEC_NODES = 100_000
-MAX_SPEC_DEPTH = 64
+SPEC_BYTES = Limit("spec_bytes", 1 << 20, "the size of a spec file in bytes")
+SPEC_NODES = Limit("spec_nodes", 100_000, "values in a spec once YAML aliases are followed")
+SPEC_DEPTH = Limit("spec_depth", 64, "how deeply a spec may nest")
 
 
 class _Budget:
@@ -61,11 +62,11 @@ class _Budget:
         problem = ""
         if id(node) in self.open:
             problem = "a YAML alias refers to a node that contains it (a recursive alias)"
-        elif depth > MAX_SPEC_DEPTH:
-            problem = f"the spec nests deeper than {MAX_SPEC_DEPTH} levels"
-        elif self.nodes > MAX_SPEC_NODES:
-            problem = (f"the spec expands to more than {MAX_SPEC_NODES:,} values once YAML "
-                       "aliases are followed (mmcore.spec.MAX_SPEC_NODES)")
+        elif depth > SPEC_DEPTH.value():
+            problem = f"the spec nests deeper than {SPEC_DEPTH.value()} levels {SPEC_DEPTH.hint()}"
+        elif self.nodes > SPEC_NODES.value():
+            problem = (f"the spec expands to more than {SPEC_NODES.value():,} values once YAML "
+                       f"aliases are followed {SPEC_NODES.hint()}")
         if problem:
             line = node.start_mark.line + 1
             raise SpecError([SpecIssue(path, problem, line)], self.source)
@@ -98,9 +99,9 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int], issues: list[SpecIs
 def parse_yaml(text: str, source: str = "<string>") -> tuple[Any, dict[str, int]]:
     """YAML text -> (data, key path -> line). Raises SpecError on bad YAML, duplicate keys,
     or a spec over the size, alias-expansion or nesting limits."""
-    if len(text) > MAX_SPEC_BYTES:
+    if len(text) > SPEC_BYTES.value():
         raise SpecError([SpecIssue("", f"the spec is {len(text):,} characters, over the "
-                                   f"limit of {MAX_SPEC_BYTES:,} (mmcore.spec.MAX_SPEC_BYTES)")],
+                                   f"limit of {SPEC_BYTES.value():,} {SPEC_BYTES.hint()}")],
                         source)
     loader: _SpecLoader | None = None
     try:
@@ -120,7 +121,7 @@ def parse_yaml(text: str, source: str = "<string>") -> tuple[Any, dict[str, int]
         raise SpecError([SpecIssue("", f"not valid YAML: {exc}", line)], source) from None
     except RecursionError:
         raise SpecError([SpecIssue("", f"the spec nests too deeply to read (limit "
-                                   f"{MAX_SPEC_DEPTH} levels)")], source) from None
+                                   f"{SPEC_DEPTH.value()} levels)")], source) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -452,11 +453,11 @@ def parse_spec(data: Any, lines: Mapping[str, int] | None = None, source: str | 
 
 
 def read_spec_text(path: Path) -> str:
-    """A spec file's text: UTF-8 and at most MAX_SPEC_BYTES, checked before it is read."""
+    """A spec file's text: UTF-8 and at most SPEC_BYTES, checked before it is read."""
     size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
+    if size > SPEC_BYTES.value():
         raise SpecError([SpecIssue("", f"the spec file is {size:,} bytes, over the limit of "
-                                   f"{MAX_SPEC_BYTES:,} (mmcore.spec.MAX_SPEC_BYTES)")],
+                                   f"{SPEC_BYTES.value():,} {SPEC_BYTES.hint()}")],
                         str(path))
     try:
         return path.read_bytes().decode("utf-8")

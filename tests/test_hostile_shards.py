@@ -80,11 +80,12 @@ def test_an_oversized_member_is_refused_without_reading_it(
             info = tarfile.TarInfo(name)
             info.size = size
             tar.addfile(info, io.BytesIO(b"x" * size))
-    monkeypatch.setenv("MMCORE_SHARD_MAX_MEMBER_BYTES", "1000")
+    monkeypatch.setenv("MMCORE_LIMIT_SHARD_MEMBER_BYTES", "1000")
     members = iter_members(str(path))
     assert next(members) == ("0.txt", b"x" * 10)
-    with pytest.raises(tarfile.ReadError, match=r"1\.bin is 5,000 bytes, over the limit of "
-                                                r"1,000 \(set MMCORE_SHARD_MAX_MEMBER_BYTES"):
+    with pytest.raises(tarfile.ReadError,
+                       match=r"1\.bin is 5,000 bytes, over the limit of 1,000 "
+                             r"\(raise it with MMCORE_LIMIT_SHARD_MEMBER_BYTES"):
         next(members)
 
 

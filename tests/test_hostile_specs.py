@@ -10,7 +10,9 @@ import pytest
 
 from mmcore.cli import main
 from mmcore.errors import SpecError
-from mmcore.spec import MAX_SPEC_BYTES, parse_yaml
+from mmcore.spec import SPEC_BYTES, parse_yaml
+
+MAX_SPEC_BYTES = int(SPEC_BYTES.default)
 
 LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mmcore.limits import Limit
+
 #: Sample rates outside these bounds are refused (a 1 Hz header would ask the resampler for
-#: 16,000 output samples per input sample); see docs/reliability.md to change them.
-MIN_SAMPLE_RATE = 1_000
-MAX_SAMPLE_RATE = 768_000
+#: 16,000 output samples per input sample); see docs/reliability.md.
+MIN_SAMPLE_RATE = Limit("audio_min_rate", 1_000, "the lowest audio sample rate in Hz")
+MAX_SAMPLE_RATE = Limit("audio_max_rate", 768_000, "the highest audio sample rate in Hz")
 #: Float samples are nominally in [-1, 1]; beyond this magnitude the data is not audio.
-MAX_ABS_SAMPLE = 1_000.0
+MAX_ABS_SAMPLE = Limit("audio_amplitude", 1_000.0, "the largest absolute float sample")
 
 WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_IEEE_FLOAT = 0x0003
@@ -69,25 +71,29 @@ def decode_wav(data: bytes, name: str = "WAV bytes") -> tuple[np.ndarray, int]:
 
 
 def check_sample_rate(rate: object, what: str) -> int:
-    """``rate`` as an int in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], else ValueError naming
+    """``rate`` as an int within the sample-rate limits, else ValueError naming
     ``what``. A bool is not a rate (``True`` would read as 1 Hz)."""
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
         raise ValueError(f"cannot read {what}: the sample rate must be an integer, got "
                          f"{rate!r}")
-    if not MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE:
+    low, high = MIN_SAMPLE_RATE.value(), MAX_SAMPLE_RATE.value()
+    if not low <= int(rate) <= high:
         raise ValueError(f"cannot read {what}: sample rate {int(rate):,} Hz is outside "
-                         f"{MIN_SAMPLE_RATE:,}..{MAX_SAMPLE_RATE:,} Hz")
+                         f"{low:,}..{high:,} Hz (MMCORE_LIMIT_AUDIO_MIN_RATE / _MAX_RATE "
+                         "change the bounds)")
     return int(rate)
 
 
 def check_samples(samples: np.ndarray, what: str) -> None:
-    """ValueError naming ``what`` for NaN/infinite samples or ones beyond MAX_ABS_SAMPLE."""
+    """ValueError naming ``what`` for NaN/infinite samples or ones beyond the amplitude
+    limit."""
     if not np.isfinite(samples).all():
         raise ValueError(f"cannot read {what}: it holds NaN or infinite samples")
     peak = float(np.abs(samples).max()) if samples.size else 0.0
-    if peak > MAX_ABS_SAMPLE:
+    if peak > MAX_ABS_SAMPLE.value():
         raise ValueError(f"cannot read {what}: sample magnitude {peak:.3g} is beyond "
-                         f"{MAX_ABS_SAMPLE:g}; float audio is expected in [-1, 1]")
+                         f"{MAX_ABS_SAMPLE.value():g}; float audio is expected in [-1, 1] "
+                         f"{MAX_ABS_SAMPLE.hint()}")
 
 
 def _read_pcm(data: bytes, name: str) -> tuple[np.ndarray, int]:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mmcore.limits import Limit
 from mmcore_webdataset.index import read_index
 
 log = logging.getLogger(__name__)
@@ -46,20 +47,8 @@ ShardSource = str | Path | Sequence[str | Path]
 
 #: errors that end a shard: not a tar, truncated, bad compression, unreadable file
 SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
-#: A member larger than this is refused, not read into memory (bytes; raise it with the
-#: environment variable below, see docs/reliability.md).
-MAX_MEMBER_BYTES = 1 << 30
-MAX_MEMBER_ENV = "MMCORE_SHARD_MAX_MEMBER_BYTES"
-
-
-def max_member_bytes() -> int:
-    """The member size limit: :data:`MAX_MEMBER_BYTES` or the environment's override."""
-    text = os.environ.get(MAX_MEMBER_ENV, "").strip()
-    if not text:
-        return MAX_MEMBER_BYTES
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"{MAX_MEMBER_ENV}={text!r} must be a positive number of bytes")
-    return int(text)
+#: A member larger than this is refused, not read into memory (docs/reliability.md).
+MEMBER_BYTES = Limit("shard_member_bytes", 1 << 30, "the size of one shard member in bytes")
 #: how many skipped samples per pass are logged as warnings (the rest only counted)
 WARN_SKIPS = 3
 
@@ -203,7 +192,7 @@ def split_name(name: str) -> tuple[str, str]:
 def iter_members(path: str) -> Iterator[tuple[str, bytes]]:
     """``(name, bytes)`` of each regular file in a (possibly compressed) tar, read as a
     stream. Raises tarfile/OS errors on a corrupt or truncated shard."""
-    limit = max_member_bytes()
+    limit = MEMBER_BYTES.value()
     with open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
@@ -211,7 +200,7 @@ def iter_members(path: str) -> Iterator[tuple[str, bytes]]:
             if member.size > limit:
                 raise tarfile.ReadError(
                     f"member {member.name} is {member.size:,} bytes, over the limit of "
-                    f"{limit:,} (set {MAX_MEMBER_ENV} to raise it)")
+                    f"{limit:,} {MEMBER_BYTES.hint()}")
             reader = tar.extractfile(member)
             if reader is None:
                 continue
