@@ -82,7 +82,8 @@ def test_plugin_command_runs_and_is_listed_under_its_plugin(
 def test_first_party_commands_come_from_their_plugins() -> None:
     registry = plugins.get_registry()
     owners = {e.name: e.plugin for e in registry.list("command")}
-    assert owners == {"transcribe": "mmcore_whisper", "shards": "mmcore_webdataset"}
+    assert owners == {"transcribe": "mmcore_whisper", "shards": "mmcore_webdataset",
+                      "chat": "mmcore_llama"}
     file, _, line = registry.get("command", "shards").location.rpartition(":")
     assert Path(file).resolve() == ROOT / "plugins" / "mmcore_webdataset" / "cli.py"
     assert Path(file).read_text().splitlines()[int(line) - 1].startswith("def run(")

@@ -22,7 +22,13 @@ Design. A causal LM is a composition, like every mmcore model::
   modules (or a DecoderStack) there; :class:`CausalLMRunner` adapts any of them to the
   one generation loop (``prefill``, ``step``, ``reorder_cache``).
 * Costs are analytic (``mmcore inspect`` builds nothing); ``flops_per_token`` and
-  ``kv_cache_bytes`` give generation figures.
+  ``kv_cache_bytes`` give generation figures, and the trunk's and head's costs carry a
+  :class:`mmcore.cost.GenerationCost` that ``mmcore inspect --context N`` reports.
+* Command line: ``mmcore generate`` drives text-only causal LMs through the
+  ``text-lm`` generator (:mod:`mmcore_llama.cli`); ``mmcore chat`` is this plugin's verb
+  (:mod:`mmcore_llama.chat`, Jinja-free chat templates). The reusable text pieces
+  (:func:`text_codec`, :func:`left_pad`, :func:`check_room`, :class:`TextStream`,
+  :func:`generate_text`) live in :mod:`mmcore_llama.text` for families built on this LM.
 """
 
 from __future__ import annotations
