@@ -33,6 +33,9 @@ class BuildContext:
     widths: dict[str, int] = field(default_factory=dict)
     embedding_widths: dict[str, int] = field(default_factory=dict)
     heads: dict[str, int] = field(default_factory=dict)  # head name -> output size
+    #: objectives only: the built heads by name, for an objective that teacher-forces a
+    #: head (Whisper's decoder); it may keep a reference, never register it as a submodule
+    head_modules: dict[str, Any] = field(default_factory=dict)
 
     def encoder_width(self, requested: int | None) -> int:
         """An encoder's width: its own ``requested`` width or its input's; they must agree."""
@@ -195,7 +198,8 @@ class _Builder:
             return
         ctx = BuildContext(kernels=self.kernels, embedding_widths=emb,
                            widths=dict(sorted(self.widths.items())),
-                           heads={n: h.out_features for n, h in self.heads.items()})
+                           heads={n: h.out_features for n, h in self.heads.items()},
+                           head_modules=dict(self.heads))
         objective = self._make(path, kind, ref, ctx)
         if objective is not None:
             assert isinstance(ref, ObjectiveRef)

@@ -11,6 +11,7 @@ import torch
 from mmcore import hookimpl
 from mmcore.cost import zero_cost
 from mmcore.hookspecs import Register
+from mmcore_audio.backends import read_audio
 from mmcore_audio.encoder import (
     AudioTransformerConfig,
     audio_transformer_cost,
@@ -28,8 +29,10 @@ from mmcore_audio.wav import check_sample_rate, decode_wav, read_wav
 
 __version__ = "0.1.0"
 
-#: public API for other plugins: WAV decoding (paths and bytes) and band-limited resampling
-__all__ = ["check_sample_rate", "decode_wav", "mono_samples", "read_wav", "resample"]
+#: public API for other plugins: WAV decoding (paths and bytes), any audio file
+#: (``read_audio``: WAV built in, FLAC/OGG/MP3 with soundfile) and band-limited resampling
+__all__ = ["check_sample_rate", "decode_wav", "mono_samples", "read_audio", "read_wav",
+           "resample"]
 
 
 def example_waveforms(preprocessor: Any, batch_size: int,

@@ -1,4 +1,4 @@
-"""Audio (WAV paths, waveforms) -> Whisper log-mel features, padded to 30 s or to the batch."""
+"""Audio (file paths, waveforms) -> Whisper log-mel features, padded to 30 s or to the batch."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from torch import Tensor
 
 from mmcore.builder import BuildContext
 from mmcore.registry import ComponentConfig
+from mmcore_audio.backends import read_audio
 from mmcore_audio.features import HOP_LENGTH, SAMPLE_RATE, log_mel
 from mmcore_audio.resample import input_span, resample
-from mmcore_audio.wav import check_sample_rate, check_samples, read_wav
+from mmcore_audio.wav import check_sample_rate, check_samples
 
 
 class AudioPreprocessConfig(ComponentConfig):
@@ -44,8 +45,9 @@ class AudioPreprocessConfig(ComponentConfig):
 class AudioPreprocessor:
     """items -> features.
 
-    An item is a WAV path, a ``(waveform, sample_rate)`` pair, or a bare 1-D waveform
-    (numpy or torch, at ``sample_rate``). Each is made mono, resampled to 16 kHz and turned
+    An item is an audio file path (WAV; FLAC, OGG, MP3 with soundfile), a
+    ``(waveform, sample_rate)`` pair, or a bare 1-D waveform (numpy or torch, at
+    ``sample_rate``). Each is made mono, resampled to 16 kHz and turned
     into Whisper log-mel features. With ``pad_to_seconds`` set: ``(B, n_mels, frames)``
     (Whisper attends to the padding; no mask). Without: ``{"features": (B, n_mels, F),
     "mask": (B, F)}``, each item featurised alone (so its values do not depend on the
@@ -96,7 +98,7 @@ class AudioPreprocessor:
     def load(self, item: Any) -> tuple[Tensor, int]:
         """The item's mono waveform (L,) float32 and its sample rate."""
         if isinstance(item, (str, Path)):
-            samples, rate = read_wav(item)
+            samples, rate = read_audio(item)
             return torch.from_numpy(samples), rate
         if isinstance(item, tuple):
             if len(item) != 2 or isinstance(item[1], bool) or not isinstance(

@@ -4,7 +4,9 @@ behind ``mmcore transcribe``: greedy, beam search and sampling through the one g
 loop (``runner``: the decoder as an ``mmcore.generation.Decoder``; ``decoding``: the
 timestamp and suppression rules as a logit processor), 30 s windows of many files batched
 (``transcribe``), and openai-whisper's policy around each window (``policy``: temperature
-fallback, no-speech, prompts; ``options``).
+fallback, no-speech, prompts; ``options``), word timestamps (``alignment``) and transcript
+files (``formats``). Fine-tuning: the ``whisper-lm`` objective and the ``audio-text-folder``
+dataset.
 
 A Whisper model is an ordinary mmcore composition: the ``audio`` modality (log-mel
 preprocessor, ``conv-stem`` tokenizer, ``audio-transformer`` encoder), ``late`` fusion
@@ -15,13 +17,20 @@ from __future__ import annotations
 
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
-from mmcore_whisper import cli
+from mmcore_whisper import cli, finetune
 from mmcore_whisper.convert import make_converter
+from mmcore_whisper.datasets import AudioTextFolderConfig, AudioTextFolderDataset
 from mmcore_whisper.decoder import (
     WhisperDecoderConfig,
     build_whisper_decoder,
     tiny_tokens,
     whisper_decoder_cost,
+)
+from mmcore_whisper.objective import (
+    TINY_DECODER,
+    WhisperLMConfig,
+    build_whisper_lm,
+    example_whisper_lm,
 )
 
 __version__ = "0.1.0"
@@ -46,5 +55,22 @@ def register_converters(register: Register) -> None:
 
 
 @hookimpl
+def register_objectives(register: Register) -> None:
+    register("whisper-lm", build_whisper_lm, config=WhisperLMConfig,
+             tiny={"decoder": TINY_DECODER}, example=example_whisper_lm,
+             summary="fine-tuning Whisper: teacher-forced next-token loss of the "
+                     "whisper-decoder head on transcripts behind the task prompt")
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register("audio-text-folder", AudioTextFolderDataset.from_config,
+             config=AudioTextFolderConfig,
+             summary="speech clips with a .txt transcript beside each (train/eval split by "
+                     "a seeded hash of the path)")
+
+
+@hookimpl
 def register_commands(register: Register) -> None:
     register("transcribe", cli.add_arguments, cli.run, summary=cli.SUMMARY)
+    register("whisper-spec", finetune.add_arguments, finetune.run, summary=finetune.SUMMARY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from mmcore.commands import (
@@ -20,6 +21,7 @@ examples:
   mmcore transcribe ./whisper-tiny talk.wav
   mmcore transcribe whisper.safetensors a.wav b.wav --timestamps --json
   mmcore transcribe ./whisper-tiny *.wav --policy openai-whisper --batch-size 8
+  mmcore transcribe ./whisper-tiny talk.wav --word-timestamps --format srt --output-dir subs
 Audio longer than 30 s is decoded in 30 s windows. The default policy decodes as
 transformers' generate does (one temperature, no thresholds); --policy openai-whisper
 uses openai-whisper's transcribe defaults (temperatures 0,0.2,0.4,0.6,0.8,1.0,
@@ -58,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("model", metavar="MODEL", help="an mmcore checkpoint, or a foreign "
                         "folder (e.g. Hugging Face Whisper)")
-    parser.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV files")
+    parser.add_argument("audio", nargs="+", metavar="AUDIO",
+                        help="audio files: WAV; FLAC, OGG, MP3 with the soundfile package")
     parser.add_argument("--beam-size", type=positive_int, default=None, metavar="N",
                         help="beam search with N beams at temperature 0 (default 1: greedy)")
     parser.add_argument("--language", default=None, metavar="CODE",
@@ -72,8 +75,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer.json to use instead of the one the checkpoint names")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="transcribe N files at once (encoder and decoder batched)")
+    _add_output_arguments(parser)
     _add_policy_arguments(parser)
     add_json_flag(parser)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmcore_whisper.formats import FORMATS
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--word-timestamps", action="store_true",
+                     help="word times from cross-attention alignment (openai-whisper's), in "
+                          "--json and --format")
+    out.add_argument("--format", choices=FORMATS, default=None,
+                     help="txt, srt, vtt or json (srt and vtt need --timestamps or "
+                          "--word-timestamps; default: plain text, or segments with "
+                          "--timestamps)")
+    out.add_argument("--output-dir", default=None, metavar="DIR",
+                     help="write one file per audio file (AUDIO stem + .FORMAT; default "
+                          "format txt) instead of printing")
 
 
 def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +138,46 @@ def decode_options(args: argparse.Namespace) -> Any:
         if getattr(args, name) is not _UNSET:
             changes[name] = getattr(args, name)
     return base.with_(language=args.language, task=args.task, timestamps=args.timestamps,
-                      initial_prompt=args.initial_prompt, **changes)
+                      initial_prompt=args.initial_prompt,
+                      word_timestamps=args.word_timestamps, **changes)
+
+
+def _check_output(args: argparse.Namespace) -> str | None:
+    """The file format asked for (None: today's printing); UsageError for srt/vtt without
+    any times."""
+    from mmcore_whisper.formats import TIMED
+
+    fmt = args.format or ("txt" if args.output_dir else None)
+    if fmt in TIMED and not (args.timestamps or args.word_timestamps):
+        raise UsageError(f"--format {fmt} needs times: add --timestamps (segment times) or "
+                         "--word-timestamps (word times)")
+    if args.json and fmt is not None:
+        raise UsageError("give --json or --format/--output-dir, not both (--format json "
+                         "writes the same JSON per file)")
+    return fmt
+
+
+def _write_files(audio: list[str], results: list[dict[str, Any]], fmt: str,
+                 output_dir: str | None) -> None:
+    """Each transcript in ``fmt``: to ``output_dir`` (one file per input) or stdout."""
+    from pathlib import Path
+
+    from mmcore_whisper.formats import render
+
+    if output_dir is None:
+        for name, result in zip(audio, results, strict=True):
+            sys.stdout.write(render({"audio": name, **result}, fmt))
+        return
+    names = [Path(a).stem + "." + fmt for a in audio]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise UsageError(f"--output-dir: several audio files would write {clash[0]}; "
+                         "give files with different names")
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, result, file in zip(audio, results, names, strict=True):
+        (folder / file).write_text(render({"audio": name, **result}, fmt), encoding="utf-8")
+        print(folder / file)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,9 +194,13 @@ def run(args: argparse.Namespace) -> int:
     if not any(isinstance(h, WhisperDecoder) for h in model.heads.values()):
         raise UsageError(f"{args.model} has no head that transcribes audio (heads: "
                          f"{', '.join(sorted(model.heads)) or 'none'})")
+    fmt = _check_output(args)
     options = decode_options(args)
     results = [r.as_dict(details=options.uses_policy) for r in transcribe(
         model, args.audio, options, tokenizer=args.tokenizer, batch_size=args.batch_size)]
+    if fmt is not None:
+        _write_files(args.audio, results, fmt, args.output_dir)
+        return EXIT_OK
     if args.json:
         print_json([{"audio": a, **r} for a, r in zip(args.audio, results, strict=True)])
         return EXIT_OK

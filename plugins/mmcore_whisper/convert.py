@@ -156,7 +156,18 @@ def special_tokens(folder: Path, config: Mapping[str, Any], vocab_size: int) -> 
         "max_length": _first("max_length", generation, config),
         "tokenizer": str((folder / "tokenizer.json").resolve())
         if (folder / "tokenizer.json").is_file() else None,
+        "alignment_heads": _alignment_heads(generation.get("alignment_heads")),
     }
+
+
+def _alignment_heads(pairs: Any) -> list[list[int]] | None:
+    """generation_config.json's ``alignment_heads`` ([[layer, head], ...]) or None."""
+    if not pairs:
+        return None
+    if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise CheckpointError(f"generation_config.json: alignment_heads must be [[layer, "
+                              f"head], ...], got {pairs!r}")
+    return [[int(layer), int(h)] for layer, h in pairs]
 
 
 def _in_vocab(ids: Any, vocab_size: int) -> list[int]:

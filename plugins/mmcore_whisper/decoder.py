@@ -60,6 +60,11 @@ class WhisperDecoderConfig(ComponentConfig):
         if bad:
             raise ValueError(f"special token ids {bad} are outside the vocabulary of "
                              f"{self.vocab_size}")
+        outside = [p for p in self.tokens.alignment_heads or []
+                   if not (0 <= p[0] < self.layers and 0 <= p[1] < self.heads)]
+        if outside:
+            raise ValueError(f"tokens.alignment_heads {outside} are outside the decoder's "
+                             f"{self.layers} layers x {self.heads} heads")
         return self
 
     @property
@@ -160,6 +165,9 @@ class WhisperDecoder(Head):
         self.layer_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         #: the output projection laid out for decoding steps (not saved): see _output
         self._output_cache: tuple[Any, Tensor] | None = None
+        #: stands in for the output projection when set (mmcore_whisper.quantize's int8 one:
+        #: ``hidden @ output_override`` -> logits)
+        self.output_override: Any = None
 
     @property
     def tokens(self) -> WhisperTokens:
@@ -252,6 +260,8 @@ class WhisperDecoder(Head):
     def _output(self) -> Tensor:
         """The (D, V) output projection (see KVCache), kept until the embedding changes
         (new storage, dtype or device, or an in-place update such as load_state_dict)."""
+        if self.output_override is not None:
+            return self.output_override  # type: ignore[no-any-return]
         weight = self.embed_tokens.weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._output_cache is None or self._output_cache[0] != key:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mmcore_whisper.alignment import Word
 from mmcore_whisper.decoding import Search
 from mmcore_whisper.policy import OPENAI_DEFAULTS, Thresholds
 
@@ -42,6 +43,8 @@ class DecodeOptions:
     initial_prompt: str | None = None
     #: seeds sampling (each decode at a temperature above 0 starts from this seed)
     seed: int | None = 0
+    #: word-level timestamps from cross-attention alignment (:mod:`mmcore_whisper.alignment`)
+    word_timestamps: bool = False
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -97,6 +100,8 @@ class Segment:
     avg_logprob: float | None = None
     compression_ratio: float | None = None
     no_speech_prob: float | None = None
+    #: word timings (None: not asked for)
+    words: list[Word] | None = None
 
     def as_dict(self, details: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"start": round(self.start, 3), "end": round(self.end, 3),
@@ -105,6 +110,8 @@ class Segment:
             out.update(temperature=self.temperature, avg_logprob=self.avg_logprob,
                        compression_ratio=self.compression_ratio,
                        no_speech_prob=self.no_speech_prob)
+        if self.words is not None:
+            out["words"] = [w.as_dict() for w in self.words]
         return out
 
 

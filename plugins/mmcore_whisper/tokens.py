@@ -47,6 +47,9 @@ class WhisperTokens(ComponentConfig):
     previous: int | None = Field(None, ge=0)
     #: path of the checkpoint's tokenizer.json, to turn ids into text
     tokenizer: str | None = None
+    #: (layer, head) pairs of the decoder's cross-attention that align text with audio
+    #: (generation_config.json ``alignment_heads``); None: the last half of the layers
+    alignment_heads: list[tuple[int, int]] | None = None
 
     @property
     def multilingual(self) -> bool:

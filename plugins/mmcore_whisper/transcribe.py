@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmcore.contract import Tokens
+from mmcore_whisper.alignment import AlignmentInput, add_words
 from mmcore_whisper.decoder import WhisperDecoder
 from mmcore_whisper.decoding import WindowResult, decode_windows, detect_language
 from mmcore_whisper.options import DecodeOptions, Segment, Transcript
@@ -211,7 +212,7 @@ def transcribe_batch(model: Any, items: Sequence[tuple[Tensor, int | None]],
     while pending or active:
         while pending and len(active) < batch_size:
             active.append(pending.popleft())
-        _round(model, head, active, options, _text_of(tokenizer, head.tokens.eos))
+        _round(model, head, active, options, tokenizer)
         active = [s for s in active if s.seek < s.frames]
     return [s.result for s in states]
 
@@ -234,8 +235,9 @@ def _text_of(tokenizer: Any, eos: int) -> Text | None:
 
 
 def _round(model: Any, head: WhisperDecoder, batch: list[_Item], options: DecodeOptions,
-           text: Text | None) -> None:
+           tokenizer: Any) -> None:
     """Decode the current window of every item in ``batch`` and move each one on."""
+    text = _text_of(tokenizer, head.tokens.eos)
     frames = window_frames(model, head)
     context = encode(model, head, torch.cat([_window(s.features, s.seek, frames)
                                              for s in batch]))  # (B, N, D)
@@ -247,16 +249,24 @@ def _round(model: Any, head: WhisperDecoder, batch: list[_Item], options: Decode
     results = decode_with_fallback(head, context, prompts, budgets,
                                    searches=options.searches(),
                                    thresholds=options.thresholds, text=text)
-    for state, result in zip(batch, results, strict=True):
-        _advance(head, state, result, options, min(state.frames - state.seek, frames))
+    for row, (state, result) in enumerate(zip(batch, results, strict=True)):
+        seek, held = state.seek, min(state.frames - state.seek, frames)
+        segments = _advance(head, state, result, options, held)
+        if options.word_timestamps and segments:
+            part = Tokens(context.x[row : row + 1],
+                          None if context.mask is None else context.mask[row : row + 1])
+            window = AlignmentInput(_alignment_prompt(head, state), [], held,
+                                    seek * TIME_PRECISION / INPUT_STRIDE)
+            add_words(head, part, window, segments, _decoder_of(tokenizer))
 
 
 def _advance(head: WhisperDecoder, state: _Item, result: WindowResult,
-             options: DecodeOptions, held: int) -> None:
-    """Add a window's segments (unless it is silence) and move ``seek`` past them."""
+             options: DecodeOptions, held: int) -> list[Segment]:
+    """Add a window's segments (unless it is silence), move ``seek`` past them; -> the
+    segments added."""
     if is_silence(result, options.thresholds):
         state.seek += held
-        return
+        return []
     segments, moved = split_segments(result.tokens, head.tokens.timestamp_begin,
                                      state.seek * TIME_PRECISION / INPUT_STRIDE, held)
     for segment in segments:
@@ -270,6 +280,21 @@ def _advance(head: WhisperDecoder, state: _Item, result: WindowResult,
     if not options.condition_on_previous_text or result.temperature > 0.5:
         state.reset = len(state.history)
     state.seek += moved if moved > 0 else held  # never decode the same window again
+    return segments
+
+
+def _alignment_prompt(head: WhisperDecoder, state: _Item) -> list[int]:
+    """The item's task prompt with <|notimestamps|> (what word alignment decodes after)."""
+    tokens, prompt = head.tokens, state.prompt or [head.tokens.start]
+    language = prompt[1] if tokens.multilingual and len(prompt) > 1 else None
+    task = next((t for t, i in tokens.tasks.items() if i in prompt), "transcribe")
+    return tokens.prompt(language_id=language, task=task, timestamps=False)
+
+
+def _decoder_of(tokenizer: Any) -> Any:
+    if tokenizer is None:
+        raise ValueError("word timestamps need the model's tokenizer")
+    return lambda ids: str(tokenizer.decode(list(ids), skip_special_tokens=False))
 
 
 def _window(features: Tensor, seek: int, frames: int) -> Tensor:
