@@ -76,6 +76,16 @@ def sample_hard_negatives(similarity: Tensor, *, temperature: float, hardest: bo
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def mine_hard_negatives(similarity: Tensor, *, temperature: float, hardest: bool = False,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Hard negatives both ways from a ``similarity (B, B)`` of queries (rows) and contexts
+    (columns), e.g. BLIP's ITC similarities: (a negative context per query, a negative query
+    per context), each (B,) long. See :func:`sample_hard_negatives`."""
+    kwargs = {"temperature": temperature, "hardest": hardest, "generator": generator}
+    return (sample_hard_negatives(similarity, **kwargs),
+            sample_hard_negatives(similarity.t(), **kwargs))
+
+
 def _select(tokens: Tokens, index: Tensor) -> Tokens:
     return Tokens(tokens.x[index], None if tokens.mask is None else tokens.mask[index])
 
@@ -113,10 +123,9 @@ class Matching(Objective):
 
     def negatives(self, similarity: Tensor) -> tuple[Tensor, Tensor]:
         """(negative context per query row, negative query per context column), each (B,)."""
-        kwargs = {"temperature": self.cfg.temperature, "hardest": not self.training,
-                  "generator": self._generator(similarity.device)}
-        return (sample_hard_negatives(similarity, **kwargs),
-                sample_hard_negatives(similarity.t(), **kwargs))
+        return mine_hard_negatives(similarity, temperature=self.cfg.temperature,
+                                   hardest=not self.training,
+                                   generator=self._generator(similarity.device))
 
     def _similarity(self, output: ModelOutput) -> Tensor:
         a, b = self.cfg.similarity or (self.cfg.query, self.cfg.context)

@@ -1,0 +1,85 @@
+"""mmcore's BLIP: one text transformer in three modes with BLIP's weight sharing, its ITC +
+ITM + LM objectives, the ``hf-blip`` importer, CapFilt and the ``caption`` / ``capfilt``
+commands.
+
+Design. A BLIP model is an ordinary spec::
+
+    image: ``patch-embedding`` + ``vit`` (pre-norm blocks, final norm; HF BlipVisionModel)
+    text:  ``byte-text`` (or an HF tokenizer) + ``blip-text-embedding`` (BERT embeddings;
+           the tokens keep their ids so the fusion can swap the first token)
+    fusion ``blip``: the BERT-style text layers, each with the encoder's self-attention, the
+           decoder's own self-attention, one cross-attention and one feed-forward block,
+           run as the unimodal encoder (ITC), the grounded encoder (ITM) and the decoder (LM)
+    objectives ``contrastive`` (ITC), ``blip-matching`` (ITM, hard negatives mined from the
+           ITC similarities and re-encoded through the shared layers), ``blip-lm`` (LM)
+
+Captions are decoded by :class:`mmcore_blip.runner.BlipCaptionRunner` through the one
+generation loop (greedy, beam or nucleus sampling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmcore import hookimpl
+from mmcore.hookspecs import Register
+from mmcore_blip.convert import HFBlipConverter
+from mmcore_blip.fusion import BlipFusionConfig, build_blip
+from mmcore_blip.objectives import (
+    BlipLMConfig,
+    BlipMatchingConfig,
+    build_blip_lm,
+    build_blip_matching,
+    example_blip_lm,
+    example_blip_matching,
+)
+from mmcore_blip.text import (
+    BlipTextEmbeddingConfig,
+    build_blip_text_embedding,
+    example_text_ids,
+)
+
+__version__ = "0.1.0"
+
+SPECS = Path(__file__).resolve().parent / "specs"
+
+
+@hookimpl
+def register_tokenizers(register: Register) -> None:
+    register("blip-text-embedding", build_blip_text_embedding, config=BlipTextEmbeddingConfig,
+             tiny={"vocab_size": 11, "width": 16, "max_length": 8}, example=example_text_ids,
+             summary="BERT text embeddings (word + position, LayerNorm); the tokens keep "
+                     "their ids")
+
+
+@hookimpl
+def register_fusions(register: Register) -> None:
+    register("blip", build_blip, config=BlipFusionConfig,
+             tiny={"image": "beta", "text": "alpha", "layers": 1, "heads": 2, "embed_dim": 8},
+             summary="BLIP's text transformer: unimodal encoder (ITC), image-grounded encoder "
+                     "(ITM) and decoder (LM) sharing all but their self-attention")
+
+
+@hookimpl
+def register_objectives(register: Register) -> None:
+    register("blip-matching", build_blip_matching, config=BlipMatchingConfig,
+             example=example_blip_matching,
+             summary="BLIP's ITM: hard negatives mined from the ITC similarities, re-encoded "
+                     "through the blip fusion's shared layers")
+    register("blip-lm", build_blip_lm, config=BlipLMConfig, tiny={"vocab_size": 11},
+             example=example_blip_lm,
+             summary="BLIP's LM loss: BERT prediction head over the blip decoder's states")
+
+
+@hookimpl
+def register_converters(register: Register) -> None:
+    register("hf-blip", HFBlipConverter,
+             summary="Hugging Face BlipForImageTextRetrieval / BlipForConditionalGeneration "
+                     "folder, import")
+
+
+@hookimpl
+def register_presets(register: Register) -> None:
+    register("blip-tiny", SPECS / "blip-tiny.yaml",
+             summary="tiny BLIP (ViT + shared BERT text transformer; ITC + ITM + LM) that "
+                     "trains on the built-in shapes data in minutes on a CPU")
