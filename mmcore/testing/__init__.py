@@ -4,8 +4,11 @@ Every registered preprocessor (that supplies an ``example``), tokenizer, encoder
 head and objective is built from its entry's ``tiny`` config and must pass: forward
 (the contract type with the right shapes, finite values), backward (every trainable
 parameter gets a finite gradient), a safetensors save/load round trip (a freshly built
-module gives exactly the same outputs) and batch invariance (in eval mode, a batch of
-three gives what each element gives alone, within 1e-5). In a plugin's tests::
+module gives exactly the same outputs), batch invariance (in eval mode, a batch of
+three gives what each element gives alone, within 1e-5) and padding invariance (random,
+non-constant values at padded input positions leave the real tokens' outputs and every
+pooled output unchanged, within 1e-5). :func:`check_dataset` checks that a spec's data
+has every modality's key and collates. In a plugin's tests::
 
     import pytest
     from mmcore.plugins import get_registry
@@ -27,6 +30,9 @@ An entry's ``example(module, batch_size, generator)`` replaces the standard inpu
 own: raw items (preprocessor), the collated tensors (tokenizer; required, as the core knows
 no modality), Tokens (encoder), ``{name: Tokens}`` (fusion), a FusionOutput (head) or a
 ``(ModelOutput, batch)`` pair (objective). Seeds are fixed, so a failure reproduces.
+
+Nothing here imports pytest: :func:`conformance_params` gives ``pytest.param`` objects
+when pytest is installed and plain ``(kind, name)`` tuples otherwise.
 """
 
 from __future__ import annotations
@@ -49,10 +55,12 @@ from mmcore.testing.constants import (
     SEED,
     TOLERANCE,
 )
+from mmcore.testing.datasets import check_dataset, check_item
 
 __all__ = ["BATCH_SIZE", "CHECKED_KINDS", "EMBEDDING_WIDTH", "ENCODER_WIDTH", "HEAD_NAME",
            "MODALITY_WIDTHS", "NUM_CLASSES", "SEED", "TOLERANCE", "case_id",
-           "check_component", "conformance_cases", "conformance_params"]
+           "check_component", "check_dataset", "check_item", "conformance_cases",
+           "conformance_params"]
 
 
 def conformance_cases(registry: Registry, *, plugin: str | None = None) -> list[tuple[str, str]]:
@@ -78,15 +86,18 @@ def case_id(kind: str, name: str) -> str:
 
 def conformance_params(registry: Registry | None = None, *,
                        plugin: str | None = None) -> list[Any]:
-    """``pytest.param(kind, name, id="kind:name")`` for each case, to parametrize over."""
-    import pytest
-
+    """``pytest.param(kind, name, id="kind:name")`` for each case, to parametrize over;
+    plain ``(kind, name)`` tuples when pytest is not installed (a loop runs them)."""
     if registry is None:
         from mmcore.plugins import get_registry
 
         registry = get_registry()
-    return [pytest.param(kind, name, id=case_id(kind, name))
-            for kind, name in conformance_cases(registry, plugin=plugin)]
+    cases = conformance_cases(registry, plugin=plugin)
+    try:
+        import pytest
+    except ImportError:
+        return list(cases)
+    return [pytest.param(kind, name, id=case_id(kind, name)) for kind, name in cases]
 
 
 def check_component(registry: Registry, kind: str, name: str) -> None:

@@ -20,6 +20,7 @@ from mmcore.checkpoint import read_tensors, save_tensors
 from mmcore.contract import FusionOutput, ModelOutput, Tokens
 from mmcore.kernels import KernelSet, detect_hardware, select_kernels
 from mmcore.registry import Entry
+from mmcore.testing import padding
 from mmcore.testing.constants import (
     BATCH_SIZE,
     EMBEDDING_WIDTH,
@@ -195,6 +196,8 @@ def check_module(entry: Entry, label: str, harness: _Harness) -> None:
     if harness.per_element:
         with _step(label, "batch invariance"):
             _check_batch_invariance(module, args, expected)
+        with _step(label, "padding invariance"):
+            _check_padding_invariance(module, args)
 
 
 def _build(entry: Entry, params: BaseModel, ctx: BuildContext, seed: int) -> nn.Module:
@@ -294,6 +297,20 @@ def _check_batch_invariance(module: nn.Module, args: tuple[Any, ...],
         batched = {k: _take(v, i) for k, v in expected.items()}
         _compare(batched, alone, f"element {i} alone vs in a batch of {BATCH_SIZE}",
                  tolerance=TOLERANCE)
+
+
+def _check_padding_invariance(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Eval mode: random values at padded input positions leave real outputs unchanged."""
+    masks = padding.input_masks(args)
+    if not masks:  # no padded input: nothing to check
+        return
+    module.eval()
+    with torch.no_grad():
+        clean = padding.real_outputs(module(*args), masks)
+        noisy = padding.real_outputs(module(*padding.perturb_padding(args, _generator(3))),
+                                     masks)
+    _compare(clean, noisy, "random values at padded positions changed the real outputs",
+             tolerance=TOLERANCE)
 
 
 # -- standard inputs and per-kind contract checks -----------------------------------------
