@@ -1,13 +1,15 @@
-"""A small progress bar for stderr: done/total, rate, ETA and a few named values.
+"""A progress bar for stderr: done/total, rate, ETA and a few named values.
 
-On a terminal it redraws one line; elsewhere (logs, CI) it prints a line now and then.
+On a terminal it is a ``tqdm`` bar (redrawn in place); elsewhere (logs, CI, a pipe) it
+prints a plain line now and then, which a log keeps readable where tqdm's carriage
+returns would not.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
 def format_duration(seconds: float) -> str:
@@ -46,6 +48,15 @@ class Progress:
         self.last_draw = -float("inf")
         self.drawn = -1  # ``done`` when last drawn
         self.values: dict[str, float | int | str] = {}
+        self.bar = self._tqdm() if enabled and self.interactive else None
+
+    def _tqdm(self) -> Any:
+        """The terminal bar: tqdm, counting ``unit`` (samples/s in the postfix)."""
+        from tqdm import tqdm
+
+        return tqdm(total=self.total, initial=self.done, desc=self.desc or None,
+                    unit=self.unit, file=self.stream, mininterval=self.min_interval,
+                    dynamic_ncols=True, leave=True)
 
     def rate(self) -> float:
         """Units per second since this bar started."""
@@ -71,29 +82,39 @@ class Progress:
     def update(self, n: int = 1, **values: float | int | str) -> None:
         self.done += n
         self.values.update(values)
+        if self.bar is not None:
+            self._update_tqdm(n)
+            return
         now = time.perf_counter()
         if now - self.last_draw >= self.min_interval or self.done >= self.total:
             self._draw(now)
 
+    def _update_tqdm(self, n: int) -> None:
+        postfix = {k: _value(v) for k, v in self.values.items()}
+        if self.samples_per_unit > 1:
+            postfix["samples/s"] = f"{self.rate() * self.samples_per_unit:.0f}"
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(n)
+
     def _draw(self, now: float) -> None:
+        """One plain line (non-terminal output)."""
         if not self.enabled:
             return
         self.last_draw, self.drawn = now, self.done
-        if self.interactive:
-            self.stream.write("\r\033[K" + self.line())
-        else:
-            self.stream.write(self.line() + "\n")
+        self.stream.write(self.line() + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        """Draw the final state and end the line."""
+        """Draw the final state (and end the terminal bar)."""
         if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
             return
         if self.drawn != self.done:
             self._draw(time.perf_counter())
-        if self.interactive:
-            self.stream.write("\n")
-            self.stream.flush()
 
     def __enter__(self) -> Progress:
         return self
