@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -206,11 +207,25 @@ def check_state(model: nn.Module, tensors: Mapping[str, Tensor], source: str) ->
         problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:5])}")
     if shapes:
         problems.append("shape mismatch: " + "; ".join(shapes[:5]))
+    kinds = [f"{k}: checkpoint {tensors[k].dtype} vs model {own[k].dtype}"
+             for k in sorted(set(own) & set(tensors)) if _kind(tensors[k]) != _kind(own[k])]
+    if kinds:
+        problems.append("dtype mismatch: " + "; ".join(kinds[:5]))
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         problems.append(f"non-finite values in {', '.join(bad[:5])}")
     if problems:
         raise CheckpointError(f"{source} does not fit this model: " + "; ".join(problems))
+
+
+def _kind(tensor: Tensor) -> str:
+    """What a tensor holds: floats cast to each other on load (a bf16 import into an fp32
+    model is fine), but integers or booleans where floats belong are not weights."""
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.is_complex():
+        return "complex"
+    return "float" if tensor.is_floating_point() else "int"
 
 
 def load_state(model: nn.Module, path: str | Path) -> nn.Module:
@@ -221,6 +236,57 @@ def load_state(model: nn.Module, path: str | Path) -> nn.Module:
     check_state(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True)
     return model
+
+
+def metadata_json(meta: Mapping[str, str], key: str, path: Path) -> Any:
+    """A JSON value of a checkpoint's metadata (None when absent); bad JSON is a
+    CheckpointError naming the file and the key."""
+    text = meta.get(key)
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({exc.msg} at "
+                              f"character {exc.pos})") from None
+
+
+def stored_elements(path: Path) -> int:
+    """How many values the tensors of a safetensors file hold (plus those of the base it
+    references), from the headers alone: nothing is read or allocated."""
+    total = 0
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - not a dict
+                shape = fh.get_slice(key).get_shape()
+                total += math.prod(shape)
+            base = (fh.metadata() or {}).get(BASE_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} could not be read (corrupt or truncated?): {exc}") \
+            from None
+    if base:
+        reference = metadata_json({BASE_KEY: base}, BASE_KEY, path)
+        if isinstance(reference, dict) and isinstance(reference.get("path"), str):
+            base_file = path.parent / reference["path"]
+            if base_file.is_file():
+                total += stored_elements(base_file)
+    return total
+
+
+def check_stored_size(spec: Any, path: Path) -> None:
+    """Refuse, before building anything, a checkpoint whose spec describes far more
+    parameters than its file holds (lying metadata would otherwise allocate the model)."""
+    from mmcore.analysis import analyse
+
+    try:
+        described = analyse(spec).parameters
+    except (ValueError, TypeError, ArithmeticError):
+        return
+    stored = stored_elements(path)
+    if described > 2 * stored + 1_000_000:
+        raise CheckpointError(f"{path}: its spec describes {described:,} parameters but the "
+                              f"file holds {stored:,} values; the metadata does not match the "
+                              "weights, so nothing was built")
 
 
 def load(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
@@ -239,10 +305,14 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mmcore checkpoint (format "
                               f"{meta.get('format')!r}, expected {FORMAT!r})")
-    spec_data = json.loads(meta.get("spec") or "null")
+    spec_data = metadata_json(meta, "spec", path)
     if spec_data is None:
         raise CheckpointError(f"{path} holds no spec; load it into a built model with load_state")
+    if not isinstance(spec_data, dict):
+        raise CheckpointError(f"{path}: metadata 'spec' must be a JSON object (a spec), got "
+                              f"{type(spec_data).__name__}")
     spec = load_spec(spec_data)
+    check_stored_size(spec, path)
     model = build(spec, device=device)
     if spec.train.lora is not None:  # an adapted model: adapters first, then its weights
         from mmcore import lora

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmcore import listing
 from mmcore._version import __version__
+from mmcore.boundary import DEBUG_ENV, concise_warnings, report_error, run_command
 from mmcore.commands import (
-    EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
@@ -33,7 +31,7 @@ from mmcore.commands import (
     positive_int,
     print_json,
 )
-from mmcore.errors import MMCoreError, SpecError
+from mmcore.errors import SpecError
 from mmcore.registry import KINDS
 from mmcore.report import flatten, format_summary, format_table
 from mmcore.report import number as _number
@@ -46,9 +44,6 @@ from mmcore.train_command import (
     load_spec_args,
     split_specs,
 )
-
-DEBUG_ENV = "MMCORE_DEBUG"
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -416,48 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- entry point
 
 
-def report_error(exc: BaseException) -> None:
-    """Print ``exc`` as ``error: ...`` on stderr, one line per problem, no traceback."""
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        message = f"{exc.strerror}: {exc.filename}"
-    print(f"error: {message}", file=sys.stderr)
-
-
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-@contextmanager
-def _concise_warnings() -> Iterator[None]:
-    """Warnings (e.g. a plugin that failed to load) as one ``warning:`` line each."""
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        yield
-
-
-def _exit_code(exc: BaseException) -> int:
-    return EXIT_USAGE if isinstance(exc, (SpecError, UsageError)) else EXIT_FAILURE
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run the parsed command, turning expected errors into a message and an exit code."""
-    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    try:
-        with _concise_warnings():
-            code: int = args.func(args)
-            return code
-    except (MMCoreError, OSError, ValueError) as exc:
-        if debug:
-            raise
-        report_error(exc)
-        return _exit_code(exc)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse, letting KEY=VALUE overrides stand anywhere after a command that takes them
     (argparse alone takes them only right after the spec)."""
@@ -474,7 +427,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mmcore`` entry point; returns the exit code (0 ok, 1 failure, 2 bad input)."""
-    with _concise_warnings():
+    with concise_warnings():
         parser = build_parser()
     try:
         args = _parse(parser, argv)

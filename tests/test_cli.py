@@ -165,7 +165,7 @@ def test_list_one_kind(capsys: pytest.CaptureFixture[str], kind: str) -> None:
 
 
 def test_list_pattern_and_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "list", "encoder", "--pattern", "vi*", "--json")
+    code, out, _ = run(capsys, "list", "encoder", "--pattern", "vi?", "--json")
     entries = json.loads(out)
     assert code == 0
     assert [e["name"] for e in entries] == ["vit"]

@@ -279,11 +279,55 @@ def test_metrics_csv_and_plot(tmp_path: Path) -> None:
     assert nice_ticks(3.2, 4.9) == pytest.approx([3.5, 4.0, 4.5])
 
 
-def test_corrupt_complete_checkpoint_is_an_error_not_skipped(tmp_path: Path) -> None:
-    from mmcore.errors import CheckpointError
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resume policy changed (hostile-input issue): warn, rename the corrupt checkpoint
+    (never delete it) and resume from the newest good one; the result is still bitwise
+    the uninterrupted run."""
+    spec = clip_spec(checkpoint_every=2)
+    straight = read_tensors(train(spec, tmp_path / "a", progress=False))
+    out = tmp_path / "run"
+    train(spec, out, progress=False, stop_after=4)
+    (out / "checkpoints/step-000004/state.json").write_text("{not json")
+    calls = _count_steps(monkeypatch)
+    with pytest.warns(UserWarning, match=r"step-000004 is corrupt .*state\.json is unreadable"):
+        resumed = read_tensors(train(spec, out, progress=False, resume=True))
+    assert calls[0] == 2  # continued after step 2
+    assert (out / "checkpoints/step-000004.corrupt-1/state.json").read_text() == "{not json"
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
+
+def test_when_every_checkpoint_is_corrupt_resume_says_so(tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(clip_spec(), out, progress=False, stop_after=4)
-    (out / "checkpoints/step-000004/state.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"state\.json is unreadable"):
+    (out / "checkpoints/step-000004/model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.warns(UserWarning, match="corrupt"), \
+            pytest.raises(TrainingError, match=r"no checkpoint .* reads back whole"):
         train(clip_spec(), out, progress=False, resume=True)
+    assert (out / "checkpoints/step-000004.corrupt-1").is_dir()
+
+
+def test_stale_temporary_saves_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(clip_spec(), out, progress=False, stop_after=4)
+    stale = out / "checkpoints/.tmp-step-000006-12345"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    train(clip_spec(), out, progress=False, resume=True)
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("artefact", ["model.safetensors", "metrics.jsonl", "spec.yaml"])
+def test_a_finished_runs_files_are_never_overwritten_without_overwrite(
+        tmp_path: Path, artefact: str) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / artefact).write_text("precious")
+    with pytest.raises(TrainingError, match=rf"earlier run's files \({artefact}\).*--overwrite"):
+        train(clip_spec(), out, progress=False)
+    assert (out / artefact).read_text() == "precious"
+    if artefact == "model.safetensors":
+        with pytest.raises(TrainingError, match="--overwrite"):
+            train(clip_spec(), out, progress=False, resume=True)
+    train(clip_spec(), out, progress=False, overwrite=True)
+    assert (out / "model.safetensors").read_bytes()[:8] != b"precious"

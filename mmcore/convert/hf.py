@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -227,8 +228,30 @@ def _unsafe_reason(exc: BaseException) -> str:
     return f" ({found.group(1).strip()})" if found else ""
 
 
+def check_archive(path: Path) -> None:
+    """Refuse a ``torch.save`` zip archive whose members declare more bytes than the file
+    could hold (a zip bomb): ``torch.save`` stores members uncompressed, so their sizes
+    add up to about the file's size."""
+    if not zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch.save file: {exc}") from None
+    packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+    declared = sum(m.file_size for m in members)
+    if packed or declared > size + (1 << 20):
+        what = (f"compressed members ({', '.join(packed[:3])})" if packed else
+                f"members declaring {declared:,} bytes in a {size:,}-byte file")
+        raise CheckpointError(f"{path} has {what}; torch.save writes neither, so mmcore "
+                              "refuses it unread (a zip bomb?)")
+
+
 def _torch_load(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` with its failures as CheckpointErrors."""
+    check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -138,6 +138,10 @@ def _train_state(run: Run, optimizer_meta: dict[str, Any],
     return state
 
 
+#: keys every training checkpoint's state.json holds (what resuming reads without a default)
+REQUIRED_STATE = ("step", "total_steps", "optimizer", "rng")
+
+
 def read_state(checkpoint: Path) -> dict[str, Any]:
     """A checkpoint's ``state.json``, checked to be of :data:`STATE_FORMAT`."""
     try:
@@ -149,7 +153,19 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     if state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{checkpoint} has training state format "
                               f"{state.get('format')!r}, expected {STATE_FORMAT!r}")
+    missing = [key for key in REQUIRED_STATE if key not in state]
+    if missing:
+        raise CheckpointError(f"{checkpoint}/state.json lacks {', '.join(missing)}: it was "
+                              "not written by mmcore's trainer, or was edited")
     return state
+
+
+def check_checkpoint_tensors(checkpoint: Path) -> None:
+    """CheckpointError unless the checkpoint's model and optimizer files read back whole
+    (headers and data)."""
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        if (checkpoint / name).exists():
+            read_tensors(checkpoint / name)
 
 
 def restore_run(run: Run, checkpoint: Path, state: Mapping[str, Any]) -> None:
