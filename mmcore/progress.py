@@ -48,7 +48,7 @@ class Progress:
         self.last_draw = -float("inf")
         self.drawn = -1  # ``done`` when last drawn
         self.values: dict[str, float | int | str] = {}
-        self.bar = self._tqdm() if enabled and self.interactive else None
+        self.bar: Any = self._tqdm() if enabled and self.interactive else None
 
     def _tqdm(self) -> Any:
         """The terminal bar: tqdm, counting ``unit`` (samples/s in the postfix)."""
