@@ -256,7 +256,9 @@ def retrieval(model: Any, dataset: Dataset, image_like: str, text_like: str,
 
     When items carry a ``label``, a retrieved item counts as correct if it has the query's
     label (shapes captions do not say where a shape is, so same-class pairs are equally
-    right); otherwise only its own pair counts. Chance levels are given for each k."""
+    right); otherwise only its own pair counts. Duplicate captions (the same text) count
+    once: as candidates, five copies of one caption would fill the top five; as queries,
+    they would repeat one query. Chance levels are given for each k."""
     n = len(dataset)
     with Progress(3 * n, desc="retrieval", unit="item", enabled=progress) as bar:
         first = dataset[0] if n else {}
@@ -269,12 +271,31 @@ def retrieval(model: Any, dataset: Dataset, image_like: str, text_like: str,
         relevant = labels[:, None] == labels[None, :]  # (N, N)
     else:
         relevant = torch.eye(n, dtype=torch.bool)
-    scores = images @ texts.t()  # (N images, N texts)
+    keep, groups = unique_texts(data[text_like])  # (U,), (U, N)
+    relevant = (relevant.float() @ groups.t().float()) > 0  # (N images, U texts)
+    scores = images @ texts[keep].t()  # (N images, U texts)
     out: dict[str, Any] = {"task": "retrieval", "modalities": [image_like, text_like],
-                           "samples": n, "match": "label" if "label" in data else "pair"}
+                           "samples": n, "match": "label" if "label" in data else "pair",
+                           f"unique_{text_like}": len(keep)}
     out[f"{image_like}_to_{text_like}"] = _recall(scores, relevant, ks)
     out[f"{text_like}_to_{image_like}"] = _recall(scores.t(), relevant.t(), ks)
     return out
+
+
+def unique_texts(values: Sequence[Any]) -> tuple[Tensor, Tensor]:
+    """(index of each distinct value's first occurrence (U,), membership (U, N) bool).
+    Values that are not strings are all distinct."""
+    first: dict[Any, int] = {}  # value -> its group
+    owner: list[int] = []
+    keep: list[int] = []
+    for i, value in enumerate(values):
+        key = value if isinstance(value, str) else ("item", i)
+        if key not in first:
+            first[key] = len(keep)
+            keep.append(i)
+        owner.append(first[key])
+    groups = torch.tensor(owner)[None, :] == torch.arange(len(first))[:, None]  # (U, N)
+    return torch.tensor(keep, dtype=torch.long), groups
 
 
 def _recall(scores: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[str, float]:
