@@ -19,6 +19,11 @@ from mmcore import hookimpl
 from mmcore.cost import zero_cost
 from mmcore.hookspecs import Register
 from mmcore_clap.bert import BertEncoderConfig, bert_encoder_cost, build_bert_encoder
+from mmcore_clap.captions import (
+    AudioCaptioningTask,
+    ShapesSoundsCaptionsConfig,
+    ShapesSoundsCaptionsDataset,
+)
 from mmcore_clap.convert import HFClapConverter
 from mmcore_clap.datasets import (
     AudioFolderConfig,
@@ -125,6 +130,10 @@ def register_datasets(register: Register) -> None:
              tiny={"image_size": 16, "train_size": 64, "eval_size": 24, "seconds": 0.1},
              summary="the shapes data plus a synthetic sound per item: colour = pitch, "
                      "shape = rhythm")
+    register("shapes-sounds-captions", ShapesSoundsCaptionsDataset.from_config,
+             config=ShapesSoundsCaptionsConfig,
+             tiny={"image_size": 16, "train_size": 64, "eval_size": 24, "seconds": 0.1},
+             summary="shapes-sounds audio with the caption 'a <colour> <shape>' as byte ids")
     register("audio-folder", AudioFolderDataset.from_config, config=AudioFolderConfig,
              summary="audio files in one subfolder per class (zero-shot evaluation)")
 
@@ -142,3 +151,14 @@ def register_presets(register: Register) -> None:
              summary="tiny AudioCLIP (image, text and audio towers, late fusion, contrastive "
                      "over the three pairs) that trains on the built-in shapes-sounds data in "
                      "minutes on a CPU")
+    register("audiocap-tiny", SPECS / "audiocap-tiny.yaml",
+             summary="tiny audio captioner (audio transformer + byte-level captioning "
+                     "decoder) that captions the shapes-sounds audio; eval: --task "
+                     "audio-captioning")
+
+
+@hookimpl
+def register_eval_tasks(register: Register) -> None:
+    register("audio-captioning", AudioCaptioningTask,
+             summary="greedy captions of held-out sounds: key-word accuracy (colour, shape), "
+                     "exact match, word F1, BLEU-1")
