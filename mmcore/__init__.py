@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from mmcore.contract import FusionOutput, ModelOutput, Tokens
     from mmcore.model import MultimodalModel
+    from mmcore.pipelines import pipeline
     from mmcore.registry import Registry
     from mmcore.spec import ModelSpec
 
@@ -33,17 +34,19 @@ __all__ = [
     "hookimpl",
     "load",
     "load_spec",
+    "pipeline",
     "save",
     "train",
 ]
 
 
 _LAZY = {"Tokens": "mmcore.contract", "FusionOutput": "mmcore.contract",
-         "ModelOutput": "mmcore.contract"}
+         "ModelOutput": "mmcore.contract", "pipeline": "mmcore.pipelines"}
 
 
 def __getattr__(name: str) -> Any:
-    """Tensor-contract types load on first use, so ``import mmcore`` does not import torch."""
+    """Tensor-contract types and :func:`mmcore.pipelines.pipeline` load on first use, so
+    ``import mmcore`` does not import torch."""
     if name in _LAZY:
         import importlib
 
@@ -83,11 +86,14 @@ def train(spec: ModelSpec | str | Path | dict[str, Any] | None, out_dir: str | P
 
 def build(spec: ModelSpec | str | Path | dict[str, Any], *,
           device: str | torch.device = "cpu") -> MultimodalModel:
-    """Build a model from a spec (or anything :func:`load_spec` takes)."""
+    """Build a model from a spec (or anything :func:`load_spec` takes), in eval mode
+    (training switches to train mode itself)."""
     from mmcore.builder import build as _build
     from mmcore.spec import ModelSpec as _ModelSpec
 
-    return _build(spec if isinstance(spec, _ModelSpec) else load_spec(spec), device=device)
+    model = _build(spec if isinstance(spec, _ModelSpec) else load_spec(spec), device=device)
+    model.eval()
+    return model
 
 
 def save(model: torch.nn.Module, path: str | Path) -> Path:
@@ -99,10 +105,15 @@ def save(model: torch.nn.Module, path: str | Path) -> Path:
 
 def load(path: str | Path, *, device: str | torch.device = "cpu") -> MultimodalModel:
     """Rebuild and load a model saved with :func:`save`, or a run folder: the final model of
-    a finished run, else the newest complete checkpoint of an unfinished one."""
+    a finished run, else the newest complete checkpoint of an unfinished one; or a hub
+    name ``hf://ORG/NAME[@REVISION]`` (:mod:`mmcore.hub`). In eval mode."""
     from mmcore.checkpoint import load as _load
+    from mmcore.hub import is_hub_name
+    from mmcore.hub import load as _load_hub
 
-    model: MultimodalModel = _load(path, device=device)
+    model: MultimodalModel = (_load_hub(str(path), device=device) if is_hub_name(path)
+                              else _load(path, device=device))
+    model.eval()
     return model
 
 

@@ -245,9 +245,10 @@ def _add_inspection_commands(sub: Any) -> None:
     add_json_flag(p)
     p = _command(sub, "list", listing.cmd_list,
                  "list registered components, optionally of one kind",
-                 f"kinds: {', '.join(KINDS)}")
+                 f"kinds: {', '.join(KINDS)}\n'mmcore list pretrained': preset, hub name "
+                 "and converter of the known pretrained weights (mmcore import SOURCE)")
     p.add_argument("kind", nargs="?", metavar="KIND",
-                   help="one kind of component (plural forms work too)")
+                   help="one kind of component (plural forms work too), or 'pretrained'")
     p.add_argument("--pattern", default="*",
                    help="glob on the name; without wildcards it matches a substring")
     p.add_argument("-l", "--long", action="store_true", help="also show file:line of each")
@@ -374,7 +375,9 @@ def _add_task_arguments(parser: argparse.ArgumentParser) -> list[str]:
 def _add_convert_commands(sub: Any) -> None:
     p = _command(sub, "import", cmd_import, "import a foreign checkpoint as an mmcore model",
                  "example: mmcore import ./clip-vit-base-patch32 --out clip.safetensors")
-    p.add_argument("source", metavar="SOURCE", help="a checkpoint folder or file")
+    p.add_argument("source", metavar="SOURCE",
+                   help="a checkpoint folder or file, or a hub name hf://ORG/NAME[@REVISION] "
+                        "(downloaded to the Hugging Face cache; HF_HUB_OFFLINE=1: cache only)")
     p.add_argument("--out", required=True, metavar="FILE", help="mmcore .safetensors to write")
     p.add_argument("--format", default=None, help="converter name (default: detect)")
     p = _command(sub, "export", cmd_export, "export an mmcore checkpoint to a foreign format",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -62,6 +63,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     """List registered names of one kind (or all), with the plugin that owns each."""
     from mmcore.plugins import get_registry
 
+    if args.kind == PRETRAINED:
+        return _list_pretrained(args)
     registry = get_registry()
     kind = _normalise_kind(args.kind, registry.kinds())
     entries = registry.list(kind, _glob(args.pattern))
@@ -73,6 +76,29 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     columns = ["kind", "name", "plugin", "summary"] + (["location"] if args.long else [])
     print(format_table(columns, [[getattr(e, c) for c in columns] for e in entries]))
+    return EXIT_OK
+
+
+#: ``mmcore list pretrained``: the presets' known pretrained sources, not a registry kind
+PRETRAINED = "pretrained"
+
+
+def _list_pretrained(args: argparse.Namespace) -> int:
+    """Preset, hub name and converter of every known pretrained source (open_clip's
+    ``list_pretrained``); ``mmcore import SOURCE`` converts one."""
+    from mmcore.hub import pretrained_sources
+
+    rows = [r for r in pretrained_sources()
+            if fnmatch.fnmatch(r["preset"], _glob(args.pattern))
+            or fnmatch.fnmatch(r["source"], _glob(args.pattern))]
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no pretrained source matches {args.pattern!r}", file=sys.stderr)
+        return EXIT_OK
+    columns = ["preset", "source", "converter", "plugin"]
+    print(format_table(columns, [[r[c] for c in columns] for r in rows]))
     return EXIT_OK
 
 

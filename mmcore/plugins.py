@@ -160,10 +160,11 @@ class _Collector:
         self.entries.append(entry)
 
     def _register_preset(self, name: str, spec: str | Path | dict[str, Any], *,
-                         summary: str = "") -> None:
+                         summary: str = "", pretrained: dict[str, str] | None = None) -> None:
+        """``pretrained``: known weights of this architecture, hub name -> converter."""
         location = str(spec) if not isinstance(spec, dict) else f"<{self.plugin}>"
         self._add(Entry("preset", name, lambda: spec, NoConfig, self.plugin,
-                        self.version, location, summary))
+                        self.version, location, summary, pretrained=pretrained))
 
     def _register_command(self, name: str, add_arguments: Callable[..., None],
                           run: Callable[..., int], *, summary: str = "") -> None:

@@ -86,6 +86,8 @@ class Entry:
     example: Callable[..., Any] | None = None
     #: ``cost(params, ctx: mmcore.cost.CostContext) -> mmcore.cost.Cost``, analytic
     cost: Callable[..., Any] | None = None
+    #: a preset's known pretrained sources: hub name (``hf://ORG/NAME``) -> converter
+    pretrained: dict[str, str] | None = None
 
     def describe(self) -> dict[str, str]:
         return {

@@ -40,9 +40,12 @@ def _registry(registry: Registry | None) -> Registry:
 
 def find_converter(source: str | Path, fmt: str | None = None,
                    registry: Registry | None = None) -> tuple[str, Converter]:
-    """The converter named ``fmt``, or the one that detects ``source``."""
+    """The converter named ``fmt``, or the one that detects ``source`` (a path, or a hub
+    name ``hf://ORG/NAME[@REVISION]``)."""
+    from mmcore.hub import resolve
+
     reg = _registry(registry)
-    path = Path(source)
+    path = resolve(source)  # a hub name (hf://ORG/NAME) -> its cached snapshot folder
     if not path.exists():
         raise CheckpointError(f"nothing to import at {path}")
     if fmt is not None:
@@ -61,11 +64,13 @@ def import_model(source: str | Path, fmt: str | None = None, *, device: str = "c
     """Build the mmcore model for a foreign checkpoint and load its weights (checked)."""
     from mmcore.builder import build
     from mmcore.checkpoint import check_state
+    from mmcore.hub import resolve
     from mmcore.spec import load_spec
 
     reg = _registry(registry)
+    source = resolve(source)  # a hub name -> its cached snapshot folder
     name, conv = find_converter(source, fmt, reg)
-    spec_data, tensors = conv.to_mmcore(Path(source))
+    spec_data, tensors = conv.to_mmcore(source)
     model = build(load_spec(spec_data, reg), registry=reg, device=device)
     check_state(model, tensors, f"{source} (converted by {name})")
     model.load_state_dict(tensors, strict=True)

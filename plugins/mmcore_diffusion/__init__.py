@@ -131,7 +131,8 @@ def register_generators(register: Register) -> None:
 def register_presets(register: Register) -> None:
     register("stable-diffusion-v1", SPECS / "stable-diffusion-v1.yaml",
              summary="Stable Diffusion v1 architecture (U-Net 859.5M + VAE 83.7M + CLIP text "
-                     "123.1M = 1,066,235,307)")
+                     "123.1M = 1,066,235,307)",
+             pretrained={"hf://stable-diffusion-v1-5/stable-diffusion-v1-5": "diffusers-sd"})
     register("ldm-tiny-codec", SPECS / "ldm-tiny-codec.yaml",
              summary="stage 1 of ldm-tiny: a tiny KL autoencoder trained on 32 px shapes")
     register("ldm-tiny", SPECS / "ldm-tiny.yaml",

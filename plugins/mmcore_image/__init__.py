@@ -57,4 +57,5 @@ def register_encoders(register: Register) -> None:
 @hookimpl
 def register_presets(register: Register) -> None:
     register("clip-vit-b-32", SPECS / "clip-vit-b-32.yaml",
-             summary="the CLIP ViT-B/32 architecture (151,277,313 parameters)")
+             summary="the CLIP ViT-B/32 architecture (151,277,313 parameters)",
+             pretrained={"hf://openai/clip-vit-base-patch32": "hf-clip"})

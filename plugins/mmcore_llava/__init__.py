@@ -123,7 +123,8 @@ def register_presets(register: Register) -> None:
                      "shapes-vqa in minutes on a CPU")
     register("llava-1.5-7b", SPECS / "llava-1.5-7b.yaml",
              summary="LLaVA-1.5-7B architecture (CLIP ViT-L/14-336, mlp2x_gelu, vicuna-7b): "
-                     "7,063,427,072 parameters")
+                     "7,063,427,072 parameters",
+             pretrained={"hf://llava-hf/llava-1.5-7b-hf": "hf-llava"})
     register("llava-1.5-7b-stage1", SPECS / "llava-1.5-7b-stage1.yaml",
              summary="LLaVA-1.5-7B stage 1: train the projector only")
     register("llava-1.5-7b-stage2", SPECS / "llava-1.5-7b-stage2.yaml",
