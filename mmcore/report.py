@@ -84,6 +84,11 @@ def format_summary(summary: ModelSummary) -> str:
         lines += [_parameter_table(summary), ""]
     tokens = ", ".join(f"{m} {'?' if n is None else n}" for m, n in summary.tokens.items())
     lines.append(f"tokens per modality: {tokens}")
+    if summary.trains is not None and summary.parameters:
+        share = summary.trains / summary.parameters
+        lines.append(f"trainable parameters (train.freeze and frozen modules left out): "
+                     f"{summary.trains:,} of {summary.parameters:,} ({share:.2%})")
+    lines += summary.details
     if summary.cost is not None:
         lines += _cost_notes(summary)
     if summary.reference is not None:

@@ -54,6 +54,10 @@ class ModelSummary:
     cost: CostSummary | None = None
     reference: ReferenceCheck | None = None
     compare: list[VariantCost] = field(default_factory=list)
+    #: parameters that train: requires_grad and not under ``train.freeze``
+    trains: int | None = None
+    #: extra report lines a fusion offers (``inspect_lines()``, e.g. per-block parameters)
+    details: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -144,8 +148,19 @@ def summarize_model(model: MultimodalModel, registry: Registry | None = None) ->
     total, trainable = count_parameters(model)
     with torch.no_grad():
         tokens = {m: token_count(model, m, registry) for m in sorted(spec.modalities)}
+    extra = getattr(model.fusion, "inspect_lines", None)
     return ModelSummary(spec.name, spec.description, component_summaries(model, spec), total,
-                        trainable, tokens, dict(model.kernel_choices))
+                        trainable, tokens, dict(model.kernel_choices),
+                        trains=training_parameters(model, spec),
+                        details=list(extra()) if callable(extra) else [])
+
+
+def training_parameters(model: MultimodalModel, spec: ModelSpec) -> int:
+    """Parameters that train: requires_grad, outside the components ``train.freeze`` names."""
+    frozen = {id(p) for path in (spec.train.freeze if spec.train else [])
+              for module in model.modules_at(path) for p in module.parameters()}
+    return sum(p.numel() for p in model.parameters()
+               if p.requires_grad and id(p) not in frozen)
 
 
 def summarize(spec: ModelSpec, registry: Registry | None = None, *, batch_size: int = 1,

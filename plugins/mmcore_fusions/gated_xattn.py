@@ -10,6 +10,7 @@ alpha initialised at ``init_gate`` (0: the model is exactly the language model a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
@@ -18,6 +19,7 @@ from mmcore.contract import Fusion, FusionOutput, Tokens
 from mmcore.cost import Cost, CostContext, Shape, attention, mlp, norm
 from mmcore.kernels import KernelSet
 from mmcore.layers import MLP, MultiHeadAttention, TransformerStack, make_norm, pool
+from mmcore.layers.mlp import SwiGLU
 from mmcore.registry import ComponentConfig
 from mmcore_fusions.common import (
     PoolKind,
@@ -33,23 +35,60 @@ from mmcore_fusions.resampler import PerceiverResampler, ResamplerParams, resamp
 
 class GatedCrossAttentionBlock(nn.Module):
     """x + tanh(alpha_attn) * xattn(norm(x), visual); x + tanh(alpha_ff) * ffw(norm(x)).
-    (B, N, D) x (B, M, Dv) -> (B, N, D). Bias-free projections as in Flamingo."""
+    (B, N, D) x (B, M, Dv) -> (B, N, D). Bias-free projections as in Flamingo.
+
+    Options beyond Flamingo's defaults (what Idefics uses): ``norm`` ``rmsnorm``, a SwiGLU
+    ``ffw`` of hidden width ``ffn``, ``head_dim`` apart from width / heads, and ``gate``
+    ``vector`` (one alpha per channel). ``forward`` may take a per-token mask ``attend
+    (B, N, M)`` (interleaved sequences: each token sees only its own image's tokens); tokens
+    with no True in it (no image before them) get exactly zero from the attention and,
+    unless ``dense_without_media``, skip the dense part too, so they equal the plain LM."""
 
     def __init__(self, *, width: int, visual_width: int, heads: int, kernels: KernelSet,
-                 mlp_ratio: float = 4.0, init_gate: float = 0.0) -> None:
+                 mlp_ratio: float = 4.0, init_gate: float = 0.0, norm: str = "layernorm",
+                 norm_eps: float = 1e-5, ffw: str = "gelu", ffn: int | None = None,
+                 head_dim: int | None = None, gate: str = "float") -> None:
         super().__init__()
-        self.attn_norm = make_norm("layernorm", width)
+        hidden = ffn or int(width * mlp_ratio)
+        self.attn_norm = make_norm(norm, width, norm_eps)
         self.attn = MultiHeadAttention(width=width, heads=heads, kernels=kernels,
-                                       kv_width=visual_width, bias=False)
-        self.attn_gate = nn.Parameter(torch.tensor(float(init_gate)))
-        self.ff_norm = make_norm("layernorm", width)
-        self.ff = MLP(width=width, hidden=int(width * mlp_ratio), bias=False)
-        self.ff_gate = nn.Parameter(torch.tensor(float(init_gate)))
+                                       kv_width=visual_width, bias=False,
+                                       qk_width=None if head_dim is None else heads * head_dim)
+        shape = (width,) if gate == "vector" else ()
+        self.attn_gate = nn.Parameter(torch.full(shape, float(init_gate)))
+        self.ff_norm = make_norm(norm, width, norm_eps)
+        self.ff: nn.Module = (SwiGLU(width=width, hidden=hidden) if ffw == "swiglu"
+                              else MLP(width=width, hidden=hidden, act=ffw, bias=False))
+        self.ff_gate = nn.Parameter(torch.full(shape, float(init_gate)))
 
-    def forward(self, x: Tensor, visual: Tensor, visual_mask: Tensor | None = None) -> Tensor:
-        attended = self.attn(self.attn_norm(x), visual, key_padding_mask=visual_mask)
-        x = x + self.attn_gate.tanh().to(x.dtype) * attended
-        return x + self.ff_gate.tanh().to(x.dtype) * self.ff(self.ff_norm(x))
+    def forward(self, x: Tensor, visual: Tensor, visual_mask: Tensor | None = None,
+                attend: Tensor | None = None, dense_without_media: bool = False) -> Tensor:
+        if attend is None:
+            attended = self.attn(self.attn_norm(x), visual, key_padding_mask=visual_mask)
+            x = x + self.attn_gate.tanh().to(x.dtype) * attended
+            return x + self.ff_gate.tanh().to(x.dtype) * self.ff(self.ff_norm(x))
+        has_media = attend.any(-1, keepdim=True)  # (B, N, 1)
+        attended = masked_cross_attention(self.attn, self.attn_norm(x), visual, attend)
+        x = x + self.attn_gate.tanh().to(x.dtype) * attended.masked_fill(~has_media, 0.0)
+        dense = self.ff(self.ff_norm(x))
+        if not dense_without_media:
+            dense = dense.masked_fill(~has_media, 0.0)
+        return x + self.ff_gate.tanh().to(x.dtype) * dense
+
+
+def masked_cross_attention(attn: MultiHeadAttention, x: Tensor, visual: Tensor,
+                           attend: Tensor) -> Tensor:
+    """``attn``'s projections with a per-query key mask: x (B, N, D) attends to visual
+    (B, M, Dv) where ``attend (B, N, M)`` is True. A query with no True key gets an output
+    that the caller must discard (it attends to every key, so nothing is NaN); a key it
+    may not see has weight exactly 0. -> (B, N, D)"""
+    b, n, _ = x.shape
+    q = attn.q_proj(x).view(b, n, attn.heads, -1).transpose(1, 2)  # (B, H, N, Dh)
+    k = attn.k_proj(visual).view(b, visual.shape[1], attn.heads, -1).transpose(1, 2)
+    v = attn.v_proj(visual).view(b, visual.shape[1], attn.heads, -1).transpose(1, 2)
+    allowed = attend | ~attend.any(-1, keepdim=True)  # (B, N, M), no all-False row
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1))  # (B, N, D)
 
 
 def gated_block_cost(tokens: int, width: int, visual: Shape, heads: int,

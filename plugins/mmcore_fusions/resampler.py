@@ -28,6 +28,10 @@ class ResamplerParams(ComponentConfig):
     layers: int = Field(gt=0)
     heads: int = Field(gt=0)
     mlp_ratio: float = Field(4.0, gt=0)
+    #: per-head width; None: width / heads (Idefics sets it apart, e.g. 96)
+    head_dim: int | None = Field(None, gt=0)
+    #: the MLP's activation (Idefics: relu)
+    act: str = "gelu"
     #: learned time embeddings for up to this many frames; 0: none
     time_embeddings: int = Field(0, ge=0)
     #: tokens per frame (the input's N must be a multiple); needed with time embeddings
@@ -44,13 +48,15 @@ class ResamplerLayer(nn.Module):
     """latents + attn(norm(latents), [norm(inputs); norm(latents)]); + mlp(norm(latents)).
     (B, M, D) x (B, N, D) -> (B, M, D). Bias-free projections as in Flamingo."""
 
-    def __init__(self, *, width: int, heads: int, mlp_ratio: float, kernels: KernelSet) -> None:
+    def __init__(self, *, width: int, heads: int, mlp_ratio: float, kernels: KernelSet,
+                 head_dim: int | None = None, act: str = "gelu") -> None:
         super().__init__()
         self.input_norm = make_norm("layernorm", width)
         self.latent_norm = make_norm("layernorm", width)
-        self.attn = MultiHeadAttention(width=width, heads=heads, kernels=kernels, bias=False)
+        self.attn = MultiHeadAttention(width=width, heads=heads, kernels=kernels, bias=False,
+                                       qk_width=None if head_dim is None else heads * head_dim)
         self.mlp_norm = make_norm("layernorm", width)
-        self.mlp = MLP(width=width, hidden=int(width * mlp_ratio), bias=False)
+        self.mlp = MLP(width=width, hidden=int(width * mlp_ratio), act=act, bias=False)
 
     def forward(self, latents: Tensor, inputs: Tensor, mask: Tensor) -> Tensor:
         normed = self.latent_norm(latents)
@@ -73,7 +79,8 @@ class PerceiverResampler(nn.Module):
         self.latents = nn.Parameter(torch.randn(params.num_latents, width) * 0.02)
         self.layers = nn.ModuleList(
             ResamplerLayer(width=width, heads=params.heads, mlp_ratio=params.mlp_ratio,
-                           kernels=kernels) for _ in range(params.layers))
+                           kernels=kernels, head_dim=params.head_dim, act=params.act)
+            for _ in range(params.layers))
         self.final_norm = make_norm("layernorm", width)
 
     def _add_time(self, x: Tensor) -> Tensor:
@@ -96,14 +103,28 @@ class PerceiverResampler(nn.Module):
         return self.final_norm(latents)
 
 
+def inner_attention(nq: int, nk: int, width: int, heads: int, inner: int,
+                    kv_width: int | None = None) -> Cost:
+    """Bias-free attention whose q/k/v have ``inner`` = heads x head_dim channels (which
+    may differ from ``width``): projections, scores and the weighted sum."""
+    if inner == width:
+        return attention(nq, nk, width, heads, kv_width=kv_width, bias=False)
+    kv_width = kv_width or width
+    proj = (linear(nq, width, inner, False) + linear(nk, kv_width, inner, False)
+            + linear(nk, kv_width, inner, False) + linear(nq, inner, width, False))
+    return proj + Cost(flops=4 * nq * nk * inner, activations=heads * nq * nk + 3 * nq * inner,
+                       attention_scores=nq * nk)
+
+
 def resampler_cost(params: ResamplerParams, inputs: Shape, width: int) -> Cost:
     """Projection, time embeddings, latents, layers (M queries over N + M keys), final norm."""
     m, n = params.num_latents, inputs.tokens
     cost = Cost(params=(params.time_embeddings + m) * width)
     if inputs.width != width:
         cost = cost + linear(n, inputs.width, width)
+    inner = width if params.head_dim is None else params.heads * params.head_dim
     layer = (norm(n, width) + norm(m, width)
-             + attention(m, n + m, width, params.heads, bias=False)
+             + inner_attention(m, n + m, width, params.heads, inner)
              + norm(m, width) + mlp(m, width, int(width * params.mlp_ratio), bias=False))
     return cost + layer.times(params.layers) + norm(m, width)
 
