@@ -23,7 +23,9 @@ from pathlib import Path
 
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
+from mmcore_blip import cli
 from mmcore_blip.convert import HFBlipConverter
+from mmcore_blip.data import NoisyShapesConfig, NoisyShapesDataset
 from mmcore_blip.fusion import BlipFusionConfig, build_blip
 from mmcore_blip.objectives import (
     BlipLMConfig,
@@ -33,6 +35,7 @@ from mmcore_blip.objectives import (
     example_blip_lm,
     example_blip_matching,
 )
+from mmcore_blip.task import CaptioningTask
 from mmcore_blip.text import (
     BlipTextEmbeddingConfig,
     build_blip_text_embedding,
@@ -76,6 +79,27 @@ def register_converters(register: Register) -> None:
     register("hf-blip", HFBlipConverter,
              summary="Hugging Face BlipForImageTextRetrieval / BlipForConditionalGeneration "
                      "folder, import")
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register("shapes-noisy", NoisyShapesDataset.from_config, config=NoisyShapesConfig,
+             tiny={"image_size": 16, "train_size": 64, "eval_size": 24},
+             summary="the shapes data with wrong_fraction (0.3) of its captions wrong; items "
+                     "say which (caption_ok), for judging CapFilt")
+
+
+@hookimpl
+def register_eval_tasks(register: Register) -> None:
+    register("captioning", CaptioningTask,
+             summary="greedy captions scored by exact colour and shape words, and ITC "
+                     "retrieval recall@1")
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
+    register("caption", cli.caption_arguments, cli.caption_run, summary=cli.CAPTION_SUMMARY)
+    register("capfilt", cli.capfilt_arguments, cli.capfilt_run, summary=cli.CAPFILT_SUMMARY)
 
 
 @hookimpl

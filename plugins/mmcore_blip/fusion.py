@@ -34,6 +34,7 @@ from mmcore.registry import ComponentConfig
 from mmcore_blip.text import BlipTextLayer, BlipTextTokens, LayerShape, Mode
 
 Task = Literal["itc", "itm", "lm"]
+ALL_TASKS: tuple[Task, ...] = ("itc", "itm", "lm")
 
 
 class BlipFusionConfig(ComponentConfig):
@@ -48,7 +49,7 @@ class BlipFusionConfig(ComponentConfig):
     #: width of the ITC projections
     embed_dim: int = Field(256, gt=0)
     #: which of BLIP's three text modes the model has (an import may have fewer)
-    modes: list[Task] = Field(default_factory=lambda: ["itc", "itm", "lm"], min_length=1)
+    modes: list[Task] = Field(default_factory=lambda: list(ALL_TASKS), min_length=1)
     #: first token of the grounded encoder's text ([ENC]) / the decoder's ([DEC]); None:
     #: keep the text's own first token
     enc_token_id: int | None = Field(None, ge=0)
@@ -122,6 +123,9 @@ class BlipFusion(Fusion):
         if "itm" in cfg.modes:
             self.embedding_widths["fused"] = width
 
+    def text_layers(self) -> list[BlipTextLayer]:
+        return list(self.layers)  # type: ignore[arg-type]
+
     # -- the three modes -----------------------------------------------------------------
 
     def run(self, x: Tensor, mask: Tensor | None, mode: Mode,
@@ -131,7 +135,7 @@ class BlipFusion(Fusion):
         mask = real_padding(mask)
         context = None if image is None else image.x
         context_mask = None if image is None else real_padding(image.mask)
-        for layer in self.layers:
+        for layer in self.text_layers():
             x = layer(x, mask, mode, context, context_mask)
         return x
 
@@ -184,7 +188,7 @@ class BlipFusion(Fusion):
     def start_cache(self, image: Tokens) -> DecodeCache:
         """Every layer's cross-attention keys and values of ``image`` (B, Ni, Dv)."""
         cross = []
-        for layer in self.layers:
+        for layer in self.text_layers():
             attn = layer.cross_attention.attn
             cross.append((_heads(attn.k_proj(image.x), attn.heads),
                           _heads(attn.v_proj(image.x), attn.heads)))
@@ -193,7 +197,7 @@ class BlipFusion(Fusion):
     def decode_step(self, x: Tensor, cache: DecodeCache) -> Tensor:
         """Embedded new tokens (B, n, D) after ``cache.length`` tokens -> decoder states
         (B, n, D); their keys and values join the cache."""
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.text_layers()):
             block = layer.self_attention("decoder")
             q, k, v = (_heads(proj(x), block.attn.heads) for proj in
                        (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj))

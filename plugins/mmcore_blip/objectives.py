@@ -39,6 +39,9 @@ class BlipMatchingConfig(ComponentConfig):
     width: int | None = Field(None, gt=0)
     #: seed of the objective's own sampling generator; None: the global torch RNG
     seed: int | None = None
+    #: batch key of labels: items with equal labels (one class, one image) are never each
+    #: other's negatives (shapes captions fit every image of their class); None: off
+    label: str | None = "label"
 
 
 class BlipMatching(Objective):
@@ -61,12 +64,18 @@ class BlipMatching(Objective):
         eb = F.normalize(output.embeddings[b].detach().float(), dim=-1)
         return ea @ eb.t()
 
-    def _negatives(self, output: ModelOutput) -> tuple[Tensor, Tensor]:
+    def _negatives(self, output: ModelOutput, batch: Batch) -> tuple[Tensor, Tensor]:
         sim = self.similarity(output)
         if self.cfg.seed is not None and self._generator is None:
             self._generator = torch.Generator(sim.device).manual_seed(self.cfg.seed)
+        labels = batch.get(self.cfg.label) if self.cfg.label is not None else None
+        if isinstance(labels, Tensor) and labels.shape == sim.shape[:1]:
+            labels = labels.to(sim.device)
+        else:
+            labels = None
         return mine_hard_negatives(sim, temperature=self.cfg.temperature,
-                                   hardest=not self.training, generator=self._generator)
+                                   hardest=not self.training, generator=self._generator,
+                                   labels=labels)
 
     def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         fused = tokens_of(output, self.cfg.tokens, "blip-matching")
@@ -76,7 +85,7 @@ class BlipMatching(Objective):
         first = [fused.x[:, 0]]  # (B, D) positives
         b = fused.x.shape[0]
         if b > 1:
-            neg_image, neg_text = self._negatives(output)  # (B,), (B,)
+            neg_image, neg_text = self._negatives(output, batch)  # (B,), (B,)
             rows = torch.arange(b, device=fused.x.device)
             first += [fused.reground(rows, neg_image)[:, 0], fused.reground(neg_text, rows)[:, 0]]
         logits = self.head(torch.cat(first))  # (B or 3B, 2)

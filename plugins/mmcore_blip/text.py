@@ -142,11 +142,13 @@ class BlipTextLayer(nn.Module):
 
     def __init__(self, shape: LayerShape, kernels: KernelSet) -> None:
         super().__init__()
-        common = {"width": shape.width, "heads": shape.heads, "kernels": kernels,
-                  "eps": shape.eps}
-        self.attention = PostNormAttention(**common) if shape.encoder else None
-        self.decoder_attention = PostNormAttention(**common) if shape.decoder else None
-        self.cross_attention = PostNormAttention(**common, kv_width=shape.context_width)
+        def attention(kv_width: int | None = None) -> PostNormAttention:
+            return PostNormAttention(width=shape.width, heads=shape.heads, kernels=kernels,
+                                     eps=shape.eps, kv_width=kv_width)
+
+        self.attention = attention() if shape.encoder else None
+        self.decoder_attention = attention() if shape.decoder else None
+        self.cross_attention = attention(shape.context_width)
         self.feed_forward = FeedForward(width=shape.width, hidden=shape.hidden, act=shape.act,
                                         eps=shape.eps)
 

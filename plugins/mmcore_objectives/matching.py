@@ -61,14 +61,22 @@ class MatchingConfig(ComponentConfig):
 
 
 def sample_hard_negatives(similarity: Tensor, *, temperature: float, hardest: bool = False,
-                          generator: torch.Generator | None = None) -> Tensor:
+                          generator: torch.Generator | None = None,
+                          exclude: Tensor | None = None) -> Tensor:
     """For each row i of ``similarity (B, B)``, a column j != i drawn with probability
-    softmax_j(s_ij / temperature) (or the arg max when ``hardest``). -> (B,) long. B >= 2."""
+    softmax_j(s_ij / temperature) (or the arg max when ``hardest``). -> (B,) long. B >= 2.
+
+    ``exclude (B, B)`` bool: pairs that are not negatives either (e.g. equal labels: the
+    same class, or the same image); a row that would have none left excludes only j = i."""
     b = similarity.shape[0]
     if b < 2 or similarity.shape != (b, b):
         raise ValueError(f"need a square similarity of at least 2 x 2, got "
                          f"{tuple(similarity.shape)}")
     eye = torch.eye(b, dtype=torch.bool, device=similarity.device)
+    if exclude is not None:
+        eye = eye | exclude.to(eye.device)
+        eye = torch.where(eye.all(dim=1, keepdim=True),
+                          torch.eye(b, dtype=torch.bool, device=eye.device), eye)
     logits = (similarity.detach().float() / temperature).masked_fill(eye, float("-inf"))
     if hardest:
         return logits.argmax(dim=1)
@@ -77,13 +85,16 @@ def sample_hard_negatives(similarity: Tensor, *, temperature: float, hardest: bo
 
 
 def mine_hard_negatives(similarity: Tensor, *, temperature: float, hardest: bool = False,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                        generator: torch.Generator | None = None,
+                        labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Hard negatives both ways from a ``similarity (B, B)`` of queries (rows) and contexts
     (columns), e.g. BLIP's ITC similarities: (a negative context per query, a negative query
-    per context), each (B,) long. See :func:`sample_hard_negatives`."""
-    kwargs = {"temperature": temperature, "hardest": hardest, "generator": generator}
-    return (sample_hard_negatives(similarity, **kwargs),
-            sample_hard_negatives(similarity.t(), **kwargs))
+    per context), each (B,) long. ``labels (B,)``: rows with equal labels are never each
+    other's negatives. See :func:`sample_hard_negatives`."""
+    exclude = None if labels is None else labels[:, None] == labels[None, :]
+    return tuple(sample_hard_negatives(s, temperature=temperature, hardest=hardest,
+                                       generator=generator, exclude=exclude)
+                 for s in (similarity, similarity.t()))  # type: ignore[return-value]
 
 
 def _select(tokens: Tokens, index: Tensor) -> Tokens:
