@@ -90,22 +90,38 @@ def generation_figures(cost: Any, context: int | None, batch_size: int, dtype: s
             "kv_cache_bytes": cost.kv_elements * context * batch_size * DTYPE_BYTES[dtype]}
 
 
-def _entry_cost(registry: Registry, kind: str, ref: Any, ctx: Any) -> tuple[Any, str]:
-    """(Cost or None, why not) for one component, from its registered cost function."""
+def _entry_cost(registry: Registry, kind: str, ref: Any, ctx: Any,
+                path: str = "") -> tuple[Any, str]:
+    """(Cost or None, why not) for one component, from its registered cost function, else
+    measured on the meta device (:mod:`mmcore.meta_cost`, with a note)."""
     entry = registry.get(kind, ref.type)
     if entry.cost is None:
-        return None, f"{kind} {ref.type!r} registers no cost function"
+        return _measured(entry, ref, ctx, path)
     try:
         return entry.cost(entry.config.model_validate(ref.params), ctx), ""
     except Exception as exc:  # a cost function that cannot work here: reported, not fatal
         return None, f"cost of {ref.type!r} failed: {exc}"
 
 
+def _measured(entry: Any, ref: Any, ctx: Any, path: str) -> tuple[Any, str]:
+    """A component without a cost function, built on the meta device and measured."""
+    from mmcore.meta_cost import NOTE, measured_cost
+
+    if entry.kind == "preprocessor":
+        return None, f"preprocessor {ref.type!r} registers no cost function"
+    modality = path.split(".")[1] if path.startswith("modalities.") else None
+    try:
+        return measured_cost(entry, entry.config.model_validate(ref.params), ctx, modality), NOTE
+    except Exception as exc:  # cannot be measured here: n/a, and why
+        return None, (f"{entry.kind} {ref.type!r} registers no cost function, and measuring "
+                      f"it on the meta device failed: {exc}")
+
+
 def _row(path: str, kind: str, ref: Any, cost: Any, note: str) -> ComponentCost:
     if cost is None:
         return ComponentCost(path, kind, ref.type, None, None, None, None, note=note)
     return ComponentCost(path, kind, ref.type, cost.params, cost.flops, cost.activations,
-                         cost.attention_scores or None)
+                         cost.attention_scores or None, note=note)
 
 
 class _CostWalk:
@@ -131,7 +147,8 @@ class _CostWalk:
             self._top(path, kind, ref)
 
     def _add(self, path: str, kind: str, ref: Any, ctx: Any, missing: str = "") -> Any:
-        cost, note = (None, missing) if missing else _entry_cost(self.registry, kind, ref, ctx)
+        cost, note = ((None, missing) if missing
+                      else _entry_cost(self.registry, kind, ref, ctx, path))
         self.rows.append(_row(path, kind, ref, cost, note))
         extra = getattr(cost, "generation", None)
         if extra is not None:

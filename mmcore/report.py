@@ -141,6 +141,8 @@ def _cost_notes(summary: ModelSummary) -> list[str]:
     missing = [f"  {c.path}: {c.note}" for c in cost.components if c.parameters is None]
     if missing:
         lines += ["n/a (left out of the totals, which are therefore partial):", *missing]
+    lines += [f"  {c.path}: {c.note}" for c in cost.components
+              if c.parameters is not None and c.note]  # measured on the meta device
     differ = [c.path for c in cost.components if c.built_parameters is not None
               and c.parameters is not None and c.parameters != c.built_parameters]
     if differ:

@@ -224,11 +224,12 @@ def test_batch_size_and_dtype_scale_memory() -> None:
 
 
 def _without_cost(kind: str, name: str) -> Registry:
-    """The plugin registry, with ``name``'s cost function removed."""
+    """The plugin registry, with ``name``'s cost function (and example input, so it cannot
+    be measured on the meta device either) removed."""
     registry = Registry()
     for entry in get_registry().list():
         drop = entry.kind == kind and entry.name == name
-        registry.add(dataclasses.replace(entry, cost=None) if drop else entry)
+        registry.add(dataclasses.replace(entry, cost=None, example=None) if drop else entry)
     return registry
 
 
@@ -252,11 +253,15 @@ def test_a_component_without_cost_is_na_and_the_totals_partial() -> None:
 def test_inspect_prints_na_and_partial_totals(capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Any) -> None:
-    from mmcore import plugins
+    from mmcore import meta_cost, plugins
     from mmcore.cli import main
+
+    def unmeasurable(*args: Any) -> None:
+        raise RuntimeError("cannot run on the meta device")
 
     registry = _without_cost("encoder", "vit")
     monkeypatch.setattr(plugins, "get_registry", lambda: registry)
+    monkeypatch.setattr(meta_cost, "measured_cost", unmeasurable)
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_SPEC, encoding="utf-8")
     assert main(["inspect", str(path), "--batch-size", "4", "--dtype", "bf16"]) == 0
