@@ -6,12 +6,15 @@ decompression-bomb guard checked before any pixel is decoded.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field
 from torch import Tensor
 
 from mmcore.limits import Limit
@@ -21,6 +24,10 @@ IMAGE_SIDE = Limit("image_side", 100_000, "the longest side of an image in pixel
 #: The most elongated image accepted (long side / short side): resizing the short side of
 #: a 1 x 20,000,000 strip to 32 would make a 32 x 640,000,000 intermediate.
 IMAGE_ASPECT = Limit("image_aspect", 100.0, "an image's long side over its short side")
+
+#: A per-channel normalisation std in a preprocessor config: positive and finite (0 would
+#: divide every pixel by zero).
+PixelStd = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def check_size(w: int, h: int, max_pixels: int, what: str) -> None:
@@ -61,12 +68,24 @@ def to_pil(item: Any, max_pixels: int, what: str = "image") -> Image.Image:
 def _open(path: Path, max_pixels: int, what: str) -> Image.Image:
     if not path.is_file():
         raise FileNotFoundError(f"no {what} file at {path}")
+    with warnings.catch_warnings():  # check_size is the guard; PIL's own would only warn
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = _pil(lambda: Image.open(path), path, what)
+    with image:  # header only: the size is known before decoding
+        check_size(*image.size, max_pixels, str(path))
+        return _pil(lambda: image.convert("RGB"), path, what)
+
+
+def _pil(call: Callable[[], Image.Image], path: Path, what: str) -> Image.Image:
+    """``call()``, with whatever PIL raises for a broken file (OSError, SyntaxError,
+    ValueError, struct.error, EOFError, ...) as one ValueError naming the file."""
     try:
-        with Image.open(path) as im:  # header only: the size is known before decoding
-            check_size(*im.size, max_pixels, str(path))
-            return im.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc}") from None
+        return call()
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL's decoders raise many kinds on bad data
+        reason = str(exc) or type(exc).__name__
+        raise ValueError(f"cannot read {what} {path}: {reason}") from None
 
 
 def _from_array(arr: np.ndarray, max_pixels: int, what: str) -> Image.Image:

@@ -98,10 +98,14 @@ def check_samples(samples: np.ndarray, what: str) -> None:
 
 def _read_pcm(data: bytes, name: str) -> tuple[np.ndarray, int]:
     """PCM through ``wave`` -> ((L, C) float32, rate)."""
-    with wave.open(io.BytesIO(data), "rb") as wav:
-        channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-        declared = wav.getnframes()
-        frames = wav.readframes(declared)
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+            declared = wav.getnframes()
+            frames = wav.readframes(declared)
+    except (RuntimeError, struct.error) as exc:  # chunk.Chunk's seek past a chunk's end
+        raise ValueError(f"cannot read audio {name}: not a readable WAV file (malformed "
+                         f"chunks{': ' + str(exc) if str(exc) else ''})") from None
     _check_length(len(frames), declared * width * channels, name)
     return _decode_pcm(frames, width, channels, name), rate
 

@@ -9,6 +9,7 @@ transformers does). :func:`clip_config` fills in the rest, so nothing here needs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,9 +61,14 @@ class ClipConfig:
 
 
 def _merged(data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """``data[key]`` updated by the legacy ``data[key + "_dict"]``."""
-    out = dict(data.get(key) or {})
-    out.update(data.get(f"{key}_dict") or {})
+    """``data[key]`` updated by the legacy ``data[key + "_dict"]``; each must be an object."""
+    out: dict[str, Any] = {}
+    for name in (key, f"{key}_dict"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            raise CheckpointError(f"config.json {name} must be an object of settings, got "
+                                  f"{type(value).__name__} {value!r:.60}")
+        out.update(value or {})
     return out
 
 
@@ -108,6 +114,14 @@ def clip_config(data: Mapping[str, Any]) -> ClipConfig:
                               f"is not a multiple of patch_size {vision['patch_size']}")
     top: dict[str, Any] = {k: (data[k] if data.get(k) is not None else v)
                            for k, v in TOP_DEFAULTS.items()}
+    if not isinstance(top["projection_dim"], int) or isinstance(top["projection_dim"], bool) \
+            or top["projection_dim"] <= 0:
+        raise CheckpointError(f"config.json projection_dim must be a positive integer, got "
+                              f"{top['projection_dim']!r}")
+    scale = top["logit_scale_init_value"]
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise CheckpointError(f"config.json logit_scale_init_value must be a finite number, "
+                              f"got {scale!r}")
     return ClipConfig(vision=vision, text=text, projection_dim=int(top["projection_dim"]),
                       logit_scale_init_value=float(top["logit_scale_init_value"]))
 

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmcore.builder import BuildContext
-from mmcore.imaging import resize_to_tensor, to_pil
+from mmcore.imaging import PixelStd, resize_to_tensor, to_pil
 from mmcore.registry import ComponentConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -20,7 +20,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class ImagePreprocessConfig(ComponentConfig):
     size: int = Field(224, gt=0)
     mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    std: tuple[PixelStd, PixelStd, PixelStd] = CLIP_STD
     center_crop: bool = True
     #: images with more pixels than this are refused (decompression-bomb guard)
     max_pixels: int = Field(89_478_485, gt=0)

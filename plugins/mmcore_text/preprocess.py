@@ -67,6 +67,18 @@ class ByteTextPreprocessor:
         return _pack(rows, self.cfg.context_length, BYTE_PAD, BYTE_EOS)
 
 
+def read_tokenizer(path: str | Path) -> Any:
+    """A ``tokenizers`` Tokenizer from a tokenizer.json; ValueError naming the file for one
+    that is not a tokenizer (``tokenizers`` raises a bare ``Exception: expected ident``)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception
+        raise ValueError(f"cannot read tokenizer {path}: not a Hugging Face tokenizer.json "
+                         f"({exc})") from None
+
+
 class HFTokenizerConfig(ComponentConfig):
     path: str
     context_length: int = Field(77, ge=2)
@@ -79,15 +91,10 @@ class HFTokenizerPreprocessor:
     """A Hugging Face ``tokenizers`` tokenizer.json; its own post-processor adds BOS/EOS."""
 
     def __init__(self, cfg: HFTokenizerConfig) -> None:
-        from tokenizers import Tokenizer
-
         path = Path(cfg.path)
         if not path.is_file():
             raise ValueError(f"tokenizer file not found: {path}")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises plain Exception
-            raise ValueError(f"cannot read tokenizer {path}: {exc}") from None
+        self.tokenizer = read_tokenizer(path)
         # files saved by transformers may fix padding/truncation; _pack does both here so
         # the mask ends at the last real token (the EOT), where CLIP-style models pool
         self.tokenizer.no_padding()

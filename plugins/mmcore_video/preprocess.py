@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmcore.builder import BuildContext
-from mmcore.imaging import resize_to_tensor, to_pil
+from mmcore.imaging import PixelStd, resize_to_tensor, to_pil
 from mmcore.registry import ComponentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,7 +24,7 @@ class FramesConfig(ComponentConfig):
     size: int = Field(224, gt=0)
     num_frames: int = Field(16, gt=0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: tuple[PixelStd, PixelStd, PixelStd] = IMAGENET_STD
     center_crop: bool = True
     #: frames with more pixels than this are refused (decompression-bomb guard)
     max_pixels: int = Field(89_478_485, gt=0)

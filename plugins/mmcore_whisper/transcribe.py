@@ -331,13 +331,13 @@ def _set_languages(head: WhisperDecoder, batch: list[_Item], context: Tokens,
 @lru_cache(maxsize=4)
 def load_tokenizer(path: str) -> Any:
     """The ``tokenizers`` Tokenizer of a tokenizer.json (cached)."""
-    from tokenizers import Tokenizer
+    from mmcore_text.preprocess import read_tokenizer
 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no tokenizer.json at {file}: the Whisper model needs it to "
                                 "turn tokens into text (give it with --tokenizer)")
-    return Tokenizer.from_file(str(file))
+    return read_tokenizer(file)
 
 
 def add_text(result: Transcript, tokenizer: Any, eos: int) -> Transcript:
