@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmcore import listing
+from mmcore import listing, scaffold
 from mmcore._version import __version__
 from mmcore.boundary import DEBUG_ENV, concise_warnings, report_error, run_command
 from mmcore.commands import (
@@ -407,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_convert_commands(sub)
     _add_generate_command(sub)
+    scaffold.add_command(sub, _command)
     parser.epilog = add_plugin_commands(sub) + _EXAMPLES
     return parser
 

@@ -56,11 +56,12 @@ from mmcore.testing.constants import (
     TOLERANCE,
 )
 from mmcore.testing.datasets import check_dataset, check_item
+from mmcore.testing.local import plugin_registry
 
 __all__ = ["BATCH_SIZE", "CHECKED_KINDS", "EMBEDDING_WIDTH", "ENCODER_WIDTH", "HEAD_NAME",
            "MODALITY_WIDTHS", "NUM_CLASSES", "SEED", "TOLERANCE", "case_id",
            "check_component", "check_dataset", "check_item", "conformance_cases",
-           "conformance_params"]
+           "conformance_params", "plugin_registry"]
 
 
 def conformance_cases(registry: Registry, *, plugin: str | None = None) -> list[tuple[str, str]]:
