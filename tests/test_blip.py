@@ -66,3 +66,42 @@ def test_outputs_and_losses() -> None:
         assert torch.isfinite(losses[name])
     # an untrained LM is close to uniform over 261 ids
     assert abs(float(losses["lm/loss"]) - torch.log(torch.tensor(261.0))) < 1.0
+
+
+def test_momentum_distillation_targets_and_loss() -> None:
+    from mmcore_objectives.contrastive import distilled_targets, soft_contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    scale = torch.tensor(10.0)
+    assert torch.equal(distilled_targets(a, b, scale, 0.0), torch.eye(5))
+    soft = distilled_targets(a, b, scale, 0.4)
+    torch.testing.assert_close(soft.sum(1), torch.ones(5))
+    assert bool((soft.diagonal() >= 0.6).all())
+    logits = scale * (torch.nn.functional.normalize(a, dim=-1)
+                      @ torch.nn.functional.normalize(b, dim=-1).t())
+    labels = torch.arange(5)
+    plain = (torch.nn.functional.cross_entropy(logits, labels)
+             + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    eye = torch.eye(5)
+    torch.testing.assert_close(soft_contrastive_loss(a, b, scale, eye, eye), plain)
+
+
+def test_momentum_model_is_an_ema_and_every_trainable_parameter_trains() -> None:
+    spec = mmcore.load_spec("blip-tiny", overrides=["fusion.momentum=0.9",
+                                                    "objectives.itc.distill_alpha=0.4"])
+    torch.manual_seed(0)
+    model = mmcore.build(spec)
+    fusion = model.fusion
+    online = fusion.text_proj.weight.detach().clone()
+    with torch.no_grad():
+        fusion.momentum_model["text_proj"].weight.zero_()
+    model.train()
+    batch = _batch(model)
+    losses = model.loss(batch)
+    torch.testing.assert_close(fusion.momentum_model["text_proj"].weight, 0.1 * online)
+    assert {"image_momentum", "text_momentum"} <= set(model(batch).embeddings)
+    losses["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert not any(p.requires_grad for p in fusion.momentum_model.parameters())

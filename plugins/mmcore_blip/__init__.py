@@ -107,3 +107,6 @@ def register_presets(register: Register) -> None:
     register("blip-tiny", SPECS / "blip-tiny.yaml",
              summary="tiny BLIP (ViT + shared BERT text transformer; ITC + ITM + LM) that "
                      "trains on the built-in shapes data in minutes on a CPU")
+    register("blip", SPECS / "blip.yaml",
+             summary="BLIP base: ViT-B/16 (384 px) + BERT-base text transformer shared by "
+                     "ITC (momentum distillation), ITM and LM")

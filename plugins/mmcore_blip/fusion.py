@@ -18,6 +18,7 @@ each has its own self-attention (see :mod:`mmcore_blip.text`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -54,6 +55,10 @@ class BlipFusionConfig(ComponentConfig):
     #: keep the text's own first token
     enc_token_id: int | None = Field(None, ge=0)
     dec_token_id: int | None = Field(None, ge=0)
+    #: keep a momentum (EMA) copy of the text layers and ITC projections with this decay
+    #: (BLIP: 0.995); it adds ``embeddings["<image|text>_momentum"]``, the teacher of
+    #: contrastive's ``distill_alpha``. None: no momentum model
+    momentum: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _check(self) -> BlipFusionConfig:
@@ -122,6 +127,14 @@ class BlipFusion(Fusion):
             self.embedding_widths.update({cfg.image: cfg.embed_dim, cfg.text: cfg.embed_dim})
         if "itm" in cfg.modes:
             self.embedding_widths["fused"] = width
+        self.momentum_model: nn.ModuleDict | None = None
+        if cfg.momentum is not None and "itc" in cfg.modes:
+            self.momentum_model = nn.ModuleDict({
+                "layers": copy.deepcopy(self.layers), "vision_proj": copy.deepcopy(
+                    self.vision_proj), "text_proj": copy.deepcopy(self.text_proj)})
+            self.momentum_model.requires_grad_(False)
+            self.embedding_widths.update({f"{cfg.image}_momentum": cfg.embed_dim,
+                                          f"{cfg.text}_momentum": cfg.embed_dim})
 
     def text_layers(self) -> list[BlipTextLayer]:
         return list(self.layers)  # type: ignore[arg-type]
@@ -129,15 +142,34 @@ class BlipFusion(Fusion):
     # -- the three modes -----------------------------------------------------------------
 
     def run(self, x: Tensor, mask: Tensor | None, mode: Mode,
-            image: Tokens | None = None) -> Tensor:
-        """Text embeddings (B, L, D) through every layer; with ``image`` (B, Ni, Dv) the
-        layers cross-attend to it. -> (B, L, D)"""
+            image: Tokens | None = None, layers: nn.ModuleList | None = None) -> Tensor:
+        """Text embeddings (B, L, D) through every layer (of ``layers``, default the model's
+        own); with ``image`` (B, Ni, Dv) the layers cross-attend to it. -> (B, L, D)"""
         mask = real_padding(mask)
         context = None if image is None else image.x
         context_mask = None if image is None else real_padding(image.mask)
-        for layer in self.text_layers():
+        for layer in layers if layers is not None else self.layers:
             x = layer(x, mask, mode, context, context_mask)
         return x
+
+    @torch.no_grad()
+    def _momentum(self, image: Tokens | None, text: Tokens | None) -> dict[str, Tensor]:
+        """EMA-update the momentum copy (training only), then its ITC embeddings of the
+        (detached) image and text tokens. name_momentum: (B, E)"""
+        m, cfg = self.momentum_model, self.cfg
+        assert m is not None and cfg.momentum is not None
+        online = nn.ModuleDict({"layers": self.layers, "vision_proj": self.vision_proj,
+                                "text_proj": self.text_proj})
+        if self.training:
+            for p_m, p in zip(m.parameters(), online.parameters(), strict=True):
+                p_m.mul_(cfg.momentum).add_(p.detach(), alpha=1 - cfg.momentum)
+        out = {}
+        if image is not None:
+            out[f"{cfg.image}_momentum"] = m["vision_proj"](image.x[:, 0].detach())
+        if text is not None:
+            states = self.run(text.x.detach(), text.mask, "encoder", layers=m["layers"])
+            out[f"{cfg.text}_momentum"] = m["text_proj"](states[:, 0])
+        return out
 
     def _first_token(self, text: Tokens, token_id: int | None) -> Tensor:
         """The text's embeddings with its first token replaced by ``token_id``. (B, L, D)"""
@@ -161,6 +193,8 @@ class BlipFusion(Fusion):
             states = self.run(text.x, text.mask, "encoder")
             out[cfg.text] = Tokens(states, text.mask)
             embeddings[cfg.text] = self.text_proj(states[:, 0])  # (B, E)
+        if self.momentum_model is not None:
+            embeddings.update(self._momentum(image, text))
         if image is not None and text is not None:
             if "itm" in cfg.modes:
                 out["fused"] = self._grounded(text, image)

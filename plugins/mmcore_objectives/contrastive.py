@@ -67,6 +67,11 @@ class ContrastiveConfig(ComponentConfig):
     max_logit_scale: float = Field(100.0, gt=0)
     #: negatives across data-parallel ranks: global | local | global-no-grad (module docstring)
     gather: Literal["global", "local", "global-no-grad"] = "global"
+    #: momentum distillation (ALBEF / BLIP, softmax only): targets are
+    #: ``alpha * softmax(teacher similarities) + (1 - alpha) * one-hot``, the teacher being
+    #: the embeddings named ``<name><teacher_suffix>`` (a momentum model's); 0: plain targets
+    distill_alpha: float = Field(0.0, ge=0, le=1)
+    teacher_suffix: str = Field("_momentum", min_length=1)
 
     @field_validator("pairs")
     @classmethod
@@ -79,6 +84,24 @@ class ContrastiveConfig(ComponentConfig):
     def temperature(self) -> float:
         """The initial temperature: the configured one or the loss's default."""
         return self.init_temperature or DEFAULT_TEMPERATURE[self.loss]
+
+
+def distilled_targets(a: Tensor, b: Tensor, scale: Tensor, alpha: float) -> Tensor:
+    """Soft targets of rows ``a`` against columns ``b`` (teacher embeddings, (B, E)):
+    ``alpha * softmax(scale * cos(a, b)) + (1 - alpha) * I``. -> (B, B), rows sum to 1."""
+    sim = F.normalize(a.detach().float(), dim=-1) @ F.normalize(b.detach().float(), dim=-1).t()
+    eye = torch.eye(sim.shape[0], dtype=sim.dtype, device=sim.device)
+    return alpha * torch.softmax(scale.detach().float() * sim, dim=1) + (1 - alpha) * eye
+
+
+def soft_contrastive_loss(a: Tensor, b: Tensor, scale: Tensor, targets_ab: Tensor,
+                          targets_ba: Tensor) -> Tensor:
+    """Symmetric InfoNCE with soft targets: mean over both directions of
+    ``-sum_j t_ij log softmax_j(scale * cos(a_i, b_j))``. a, b (B, E); targets (B, B)."""
+    logits = scale * (F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).t())
+    ab = -(targets_ab * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    ba = -(targets_ba * torch.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return (ab + ba) / 2
 
 
 class Contrastive(Objective):
@@ -108,6 +131,21 @@ class Contrastive(Objective):
         loss = self.kernels.call("contrastive_loss", a, b, scale, kind=self.cfg.loss,
                                  logit_bias=self.logit_bias)
         return loss, contrastive_accuracy(a, b)
+
+    def _distilled(self, output: ModelOutput, a: str, b: str,
+                   scale: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(loss, accuracy) with momentum-distilled targets; None when distillation is off
+        or the output has no teacher embeddings for this pair (then targets are plain)."""
+        suffix, alpha = self.cfg.teacher_suffix, self.cfg.distill_alpha
+        if alpha == 0 or self.cfg.loss != "softmax":
+            return None
+        ta, tb = output.embeddings.get(a + suffix), output.embeddings.get(b + suffix)
+        if ta is None or tb is None:
+            return None
+        ea, eb = output.embeddings[a], output.embeddings[b]
+        loss = soft_contrastive_loss(ea, eb, scale, distilled_targets(ta, tb, scale, alpha),
+                                     distilled_targets(tb, ta, scale, alpha))
+        return loss, contrastive_accuracy(F.normalize(ea, dim=-1), F.normalize(eb, dim=-1))
 
     def _on_every_rank(self, output: ModelOutput) -> set[tuple[str, str]]:
         """The pairs every data-parallel rank has in this step (one all_reduce, so all ranks
@@ -172,7 +210,8 @@ class Contrastive(Objective):
                              f"(embeddings: {sorted(output.embeddings)})")
         scale = self.scale()
         shared = self._on_every_rank(output)
-        terms = [self.pair_loss(output.embeddings[a], output.embeddings[b], scale,
+        terms = [self._distilled(output, a, b, scale) or
+                 self.pair_loss(output.embeddings[a], output.embeddings[b], scale,
                                 gather=(a, b) in shared) for a, b in pairs]
         out = {"loss": torch.stack([t[0] for t in terms]).mean(), "logit_scale": scale.detach()}
         if self.logit_bias is not None:
