@@ -13,18 +13,28 @@ Finally the throughput of many files (``--files``, one 30 s window each): mmcore
 ``--batch-size`` 1 and at the given batch size, and transformers' batched ``generate``,
 in files per second, with whether the tokens agree.
 
+Optional sections: ``--profile`` prints the top ops (self CPU time) of each side for the
+encoder and for decoding; ``--peers`` adds faster-whisper's engine (CTranslate2, the same
+weights converted by its own converter, fp32 and int8) as a second peer; ``--quantize``
+times mmcore with ``--quantize int8`` (:mod:`mmcore_whisper.quantize`) and gives the WER
+between its transcripts and fp32's on ``--files`` clips. Short utterances are ``--tokens
+20`` (the encoder still reads one padded 30 s window); a spoken 30 s window is ``--tokens
+128``. On a shared machine use ``--threads 1 --clock cpu``.
+
     python bench/whisper_cpu.py [--tokens 64] [--iters 3] [--beam-size 1] [--timestamps]
     python bench/whisper_cpu.py --quick          # a small model, a few seconds
     python bench/whisper_cpu.py --files 8 --batch-size 8
+    python bench/whisper_cpu.py --threads 1 --clock cpu --tokens 20 --profile --peers
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +52,8 @@ from mmcore_whisper.transcribe import (
 )
 
 TARGET = 0.7
+#: the timer of every measurement (``--clock``)
+CLOCK: Callable[[], float] = time.perf_counter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timestamps", action="store_true")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true", help="d_model 64, 2 + 2 layers")
-    p.add_argument("--profile", action="store_true", help="profile one mmcore run")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: perf_counter; cpu: this process's CPU time (process_time, all "
+                        "threads), robust to other load when used with --threads 1")
+    p.add_argument("--profile", action="store_true",
+                   help="top ops of each side: the encoder, then decoding")
+    p.add_argument("--peers", action="store_true",
+                   help="faster-whisper's engine (ctranslate2, fp32 and int8) as a second peer")
+    p.add_argument("--quantize", action="store_true",
+                   help="time mmcore with int8 dynamic quantisation; WER against fp32")
     p.add_argument("--files", type=int, default=8, help="files in the throughput run (0: skip)")
     p.add_argument("--batch-size", type=int, default=8, help="batch of the throughput run")
     return p.parse_args(argv)
@@ -70,10 +90,10 @@ def build(folder: Path, quick: bool) -> tuple[Any, Any]:
     return hf, import_model(folder, "hf-whisper").eval()
 
 
-def timed(run: Callable[[], list[int]]) -> tuple[float, list[int]]:
-    start = time.perf_counter()
+def timed(run: Callable[[], Any]) -> tuple[float, Any]:
+    start = CLOCK()
     tokens = run()
-    return time.perf_counter() - start, tokens
+    return CLOCK() - start, tokens
 
 
 def runners(hf: Any, ours: Any, features: torch.Tensor,
@@ -139,29 +159,107 @@ def compare(run_hf: Callable[[], list[int]], run_ours: Callable[[], list[int]],
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CLOCK
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
-        hf, ours = build(Path(tmp) / "whisper", args.quick)
+        folder = Path(tmp) / "whisper"
+        hf, ours = build(folder, args.quick)
+        ok = sections(hf, ours, folder, args)
+    return 0 if ok else 1
+
+
+def sections(hf: Any, ours: Any, folder: Path, args: argparse.Namespace) -> bool:
+    """Every section the arguments ask for; -> whether all tokens that should agree do."""
     features = audio_features(1, seed=1)
     run_hf, run_ours = runners(hf, ours, features, args)
     hf_times, our_times, same, count = compare(run_hf, run_ours, args.iters)
     shape = "d_model 64, 2+2 layers" if args.quick else "whisper-tiny shape (384, 4+4, 51865)"
     print(f"model: random {shape}; beam {args.beam_size}; timestamps {args.timestamps}; "
-          f"threads {args.threads}")
+          f"threads {args.threads}; clock {args.clock}")
     report("end to end (encoder + decoding)", hf_times, our_times, same, count)
-    dec_hf, dec_ours, dec_same, dec_count = compare(
-        *decoding_runners(hf, ours, features, args), args.iters)
+    dec_runners = decoding_runners(hf, ours, features, args)
+    dec_hf, dec_ours, dec_same, dec_count = compare(*dec_runners, args.iters)
     report("decoding alone (same encoder output, one window)", dec_hf, dec_ours, dec_same,
            dec_count)
     if args.profile:
-        profile(run_ours)
+        profile_sides("encoder", *encoder_runners(hf, ours, features))
+        profile_sides("decoding alone", *dec_runners)
+    if args.peers:
+        from whisper_peers import ct2_section
+
+        ct2_section(folder, ours, features, run_ours, our_times, args, CLOCK)
+    if args.quantize:
+        quantize_section(ours, run_hf, hf_times, our_times, args)
     batch_same = throughput(hf, ours, args) if args.files > 0 else True
-    return 0 if same and dec_same and batch_same else 1
+    return same and dec_same and batch_same
+
+
+def encoder_runners(hf: Any, ours: Any, features: torch.Tensor
+                    ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """The two encoders alone: log-mel (1, n_mels, 3000) -> audio tokens (1, 1500, D)."""
+    head = whisper_head(ours)
+
+    @torch.inference_mode()
+    def run_hf() -> Any:
+        return hf.model.encoder(features).last_hidden_state
+
+    @torch.inference_mode()
+    def run_ours() -> Any:
+        return encode(ours, head, features).x
+
+    return run_hf, run_ours
+
+
+def quantize_section(ours: Any, run_hf: Callable[[], list[int]], hf_times: list[float],
+                     our_times: list[float], args: argparse.Namespace) -> None:
+    """mmcore int8 (``--quantize int8``) against transformers and mmcore fp32, end to end on
+    the first window; then the WER of int8 against fp32 over ``--files`` clips."""
+    from mmcore_whisper.quantize import quantize_model
+
+    int8 = quantize_model(copy.deepcopy(ours), "int8")
+    options = DecodeOptions(language="en", timestamps=args.timestamps,
+                            max_new_tokens=args.tokens, beam_size=args.beam_size)
+    features = audio_features(1, seed=1)[0]
+
+    def run_int8() -> list[int]:
+        return transcribe_features(int8, features, options).tokens
+
+    run_int8()  # warm-up
+    int8_times = [timed(run_int8)[0] for _ in range(args.iters)]
+    q = statistics.median(int8_times)
+    print(f"mmcore int8 (--quantize int8), end to end: {q * 1000:9.1f} ms; "
+          f"int8 / transformers {q / statistics.median(hf_times):.2f}, "
+          f"int8 / mmcore fp32 {q / statistics.median(our_times):.2f}")
+    clips = audio_features(max(args.files, 1), seed=11)
+    refs = [transcribe_features(ours, c, options).tokens for c in clips]
+    hyps = [transcribe_features(int8, c, options).tokens for c in clips]
+    print(f"  WER int8 against fp32 over {len(clips)} clips (words = text tokens): "
+          f"{corpus_wer(refs, hyps):.3f}; identical transcripts "
+          f"{sum(r == h for r, h in zip(refs, hyps, strict=True))}/{len(clips)}")
+
+
+def word_errors(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
+    """Word-level edit distance: substitutions + deletions + insertions."""
+    row = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, 1):
+        prev, row[0] = row[0], i
+        for j, hyp in enumerate(hypothesis, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ref != hyp))
+    return row[-1]
+
+
+def corpus_wer(references: Sequence[Sequence[Any]],
+               hypotheses: Sequence[Sequence[Any]]) -> float:
+    """Word error rate over a corpus: total edit distance / total reference words. Words
+    are any comparable items (text split on spaces, or token ids)."""
+    errors = sum(word_errors(r, h) for r, h in zip(references, hypotheses, strict=True))
+    return errors / max(sum(len(r) for r in references), 1)
 
 
 def throughput(hf: Any, ours: Any, args: argparse.Namespace) -> bool:
@@ -195,7 +293,7 @@ def throughput(hf: Any, ours: Any, args: argparse.Namespace) -> bool:
         run()  # warm-up
         times = []
         for _ in range(args.iters):
-            seconds, tokens[name] = timed(run)  # type: ignore[arg-type]
+            seconds, tokens[name] = timed(run)
             times.append(seconds)
         rates[name] = args.files / statistics.median(times)
     same = len({str(t) for t in tokens.values()}) == 1
@@ -221,10 +319,15 @@ def report(title: str, hf_times: list[float], our_times: list[float], same: bool
     print(f"  tokens identical: {same}")
 
 
-def profile(run: Callable[[], list[int]]) -> None:
-    with torch.profiler.profile() as prof:
-        run()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+def profile_sides(title: str, run_hf: Callable[[], Any], run_ours: Callable[[], Any],
+                  rows: int = 12) -> None:
+    """The ops with the most self CPU time in one run of each side."""
+    for name, run in (("transformers", run_hf), ("mmcore", run_ours)):
+        run()  # warm
+        with torch.profiler.profile() as prof:
+            run()
+        print(f"profile, {title}, {name}:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer.json to use instead of the one the checkpoint names")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="transcribe N files at once (encoder and decoder batched)")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="int8: dynamically quantised Linear layers and output projection "
+                             "for CPU inference (faster, slightly different output)")
     _add_output_arguments(parser)
     _add_policy_arguments(parser)
     add_json_flag(parser)
@@ -194,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
     if not any(isinstance(h, WhisperDecoder) for h in model.heads.values()):
         raise UsageError(f"{args.model} has no head that transcribes audio (heads: "
                          f"{', '.join(sorted(model.heads)) or 'none'})")
+    if args.quantize != "none":
+        from mmcore_whisper.quantize import quantize_model
+
+        model = quantize_model(model, args.quantize)
     fmt = _check_output(args)
     options = decode_options(args)
     results = [r.as_dict(details=options.uses_policy) for r in transcribe(

@@ -261,7 +261,7 @@ class WhisperDecoder(Head):
         """The (D, V) output projection (see KVCache), kept until the embedding changes
         (new storage, dtype or device, or an in-place update such as load_state_dict)."""
         if self.output_override is not None:
-            return self.output_override  # type: ignore[no-any-return]
+            return self.output_override
         weight = self.embed_tokens.weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._output_cache is None or self._output_cache[0] != key:
