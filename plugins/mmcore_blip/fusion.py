@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from pydantic import Field, model_validator
@@ -129,12 +129,16 @@ class BlipFusion(Fusion):
             self.embedding_widths["fused"] = width
         self.momentum_model: nn.ModuleDict | None = None
         if cfg.momentum is not None and "itc" in cfg.modes:
-            self.momentum_model = nn.ModuleDict({
-                "layers": copy.deepcopy(self.layers), "vision_proj": copy.deepcopy(
-                    self.vision_proj), "text_proj": copy.deepcopy(self.text_proj)})
+            self.momentum_model = copy.deepcopy(self._itc_parts())
             self.momentum_model.requires_grad_(False)
             self.embedding_widths.update({f"{cfg.image}_momentum": cfg.embed_dim,
                                           f"{cfg.text}_momentum": cfg.embed_dim})
+
+    def _itc_parts(self) -> nn.ModuleDict:
+        """The modules the momentum model copies: text layers and ITC projections."""
+        assert self.vision_proj is not None and self.text_proj is not None
+        return nn.ModuleDict({"layers": self.layers, "vision_proj": self.vision_proj,
+                              "text_proj": self.text_proj})
 
     def text_layers(self) -> list[BlipTextLayer]:
         return list(self.layers)  # type: ignore[arg-type]
@@ -158,16 +162,14 @@ class BlipFusion(Fusion):
         (detached) image and text tokens. name_momentum: (B, E)"""
         m, cfg = self.momentum_model, self.cfg
         assert m is not None and cfg.momentum is not None
-        online = nn.ModuleDict({"layers": self.layers, "vision_proj": self.vision_proj,
-                                "text_proj": self.text_proj})
         if self.training:
-            for p_m, p in zip(m.parameters(), online.parameters(), strict=True):
+            for p_m, p in zip(m.parameters(), self._itc_parts().parameters(), strict=True):
                 p_m.mul_(cfg.momentum).add_(p.detach(), alpha=1 - cfg.momentum)
         out = {}
         if image is not None:
             out[f"{cfg.image}_momentum"] = m["vision_proj"](image.x[:, 0].detach())
         if text is not None:
-            states = self.run(text.x.detach(), text.mask, "encoder", layers=m["layers"])
+            states = self.run(text.x.detach(), text.mask, "encoder", layers=cast(nn.ModuleList, m["layers"]))
             out[f"{cfg.text}_momentum"] = m["text_proj"](states[:, 0])
         return out
 

@@ -64,7 +64,8 @@ class BlipTextEmbedding(Tokenizer):
         n = ids.shape[1]
         if offset + n > self.cfg.max_length:
             raise ValueError(f"{offset + n} text tokens exceed max_length {self.cfg.max_length}")
-        if ids.numel() and not ids.is_meta and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+        checkable = ids.numel() and not ids.is_meta
+        if checkable and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
             raise ValueError(f"text ids must lie in [0, {self.cfg.vocab_size}); got "
                              f"{int(ids.min())}..{int(ids.max())}")
         return self.norm(self.word(ids) + self.positions.weight[offset : offset + n])
