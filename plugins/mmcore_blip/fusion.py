@@ -169,7 +169,8 @@ class BlipFusion(Fusion):
         if image is not None:
             out[f"{cfg.image}_momentum"] = m["vision_proj"](image.x[:, 0].detach())
         if text is not None:
-            states = self.run(text.x.detach(), text.mask, "encoder", layers=cast(nn.ModuleList, m["layers"]))
+            layers = cast(nn.ModuleList, m["layers"])
+            states = self.run(text.x.detach(), text.mask, "encoder", layers=layers)
             out[f"{cfg.text}_momentum"] = m["text_proj"](states[:, 0])
         return out
 
