@@ -130,3 +130,56 @@ def test_stage1_trains_the_projector_only() -> None:
     lora = load_spec("llava-1.5-7b-stage2-lora").train.lora
     assert lora is not None and lora.targets[0].path == "fusion"
     assert load_spec("llava-1.5-7b-stage2").train.freeze == ["modalities.image"]
+
+
+def test_shapes_factors_split_the_label_and_leave_the_rest_alone() -> None:
+    from mmcore_shapes import ShapesConfig, ShapesDataset
+
+    plain = ShapesDataset(ShapesConfig(image_size=16, train_size=8))[5]
+    item = ShapesDataset(ShapesConfig(image_size=16, train_size=8, factors=True))[5]
+    assert (item["colour"], item["shape"]) == divmod(plain["label"], 6)
+    assert item["text"] == plain["text"] and item["image"].tobytes() == plain["image"].tobytes()
+    assert "colour" not in plain
+
+
+def test_seen_checks_never_name_a_held_out_combination_in_training() -> None:
+    from mmcore_llava.data import ShapesVQAConfig, ShapesVQADataset
+    from mmcore_shapes.dataset import class_names, held_out
+
+    unseen = {class_names()[i] for i in held_out()}
+    cfg = ShapesVQAConfig(train_size=400, kind_weights=(0, 0, 1, 0), seen_checks=True)
+    items = [ShapesVQADataset(cfg)[i] for i in range(400)]
+    assert {it["kind"] for it in items} == {"check"}
+    named = {" ".join(it["text"]["prompt"].rstrip("?").split()[-2:]) for it in items}
+    assert not named & unseen and len(named) == 30
+    assert {it["text"]["answer"] for it in items} == {"yes", "no"}
+    default = [ShapesVQADataset(ShapesVQAConfig(train_size=400))[i] for i in range(400)]
+    assert {" ".join(it["text"]["prompt"].rstrip("?").split()[-2:]) for it in default
+            if it["kind"] == "check"} & unseen  # without it, "no" goes with held-out names
+
+
+def test_recolour_gives_shape_questions_an_off_palette_hue_in_training_only() -> None:
+    import colorsys
+
+    import numpy as np
+
+    from mmcore_llava.data import RECOLOUR_MARGIN, ShapesVQAConfig, ShapesVQADataset
+    from mmcore_shapes import ShapesConfig, ShapesDataset
+    from mmcore_shapes.render import COLOURS
+
+    cfg = ShapesVQAConfig(image_size=24, train_size=12, eval_size=12, noise=0.0,
+                          kind_weights=(0, 1, 0, 0), recolour=1.0)
+    images = ShapesDataset(ShapesConfig(image_size=24, train_size=12, noise=0.0, masks=True))
+    palette = [colorsys.rgb_to_hsv(*(v / 255 for v in c))[0] * 360 for c in COLOURS.values()]
+    for i in range(12):
+        item, plain = ShapesVQADataset(cfg)[i], images[i]
+        inside = plain["mask"].numpy() > 0
+        pixels = np.asarray(item["image"], dtype=np.float64)
+        hue = colorsys.rgb_to_hsv(*(pixels[inside].mean(0) / 255))[0] * 360
+        assert min(min(abs(hue - h), 360 - abs(hue - h)) for h in palette) > RECOLOUR_MARGIN - 8
+        background = pixels[~inside].mean(0)
+        assert np.ptp(background) < 30  # still grey (its own tint is up to 24)
+        assert item["text"]["answer"] == images.class_names[plain["label"]].split()[1]
+    held = ShapesVQADataset(cfg).split("eval")[3]
+    assert held["image"].tobytes() == ShapesVQADataset(
+        cfg.model_copy(update={"recolour": 0.0})).split("eval")[3]["image"].tobytes()

@@ -121,6 +121,12 @@ def register_presets(register: Register) -> None:
     register("llava-tiny", SPECS / "llava-tiny.yaml",
              summary="tiny LLaVA (ViT + projector + LLaMA LM) trained from scratch on "
                      "shapes-vqa in minutes on a CPU")
+    register("shapes-factors", SPECS / "shapes-factors.yaml",
+             summary="llava-tiny's vision tower pre-trained with separate colour and shape "
+                     "classifiers (load it with --init modalities.image=RUN)")
+    register("shapes-factors-recolour", SPECS / "shapes-factors-recolour.yaml",
+             summary="shapes-factors with shape questions in off-palette hues (shape "
+                     "cannot be read from colour)")
     register("llava-1.5-7b", SPECS / "llava-1.5-7b.yaml",
              summary="LLaVA-1.5-7B architecture (CLIP ViT-L/14-336, mlp2x_gelu, vicuna-7b): "
                      "7,063,427,072 parameters",

@@ -63,6 +63,9 @@ class ShapesConfig(ComponentConfig):
     split: str = "train"
     #: also yield ``"mask"``: (S, S) int64 per-pixel classes (0 background, 1 + colour)
     masks: bool = False
+    #: also yield ``"colour"`` and ``"shape"``: the two factors of ``label`` as indices into
+    #: ``COLOURS`` and ``SHAPES`` (for heads that learn them apart)
+    factors: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ShapesConfig:
@@ -94,7 +97,8 @@ def _article(word: str) -> str:
 
 class ShapesDataset:
     """Map-style: ``ds[i] -> {"image": PIL.Image, "text": str, "label": int}`` (plus
-    ``"mask": (S, S) int64`` with ``masks: true``)."""
+    ``"mask": (S, S) int64`` with ``masks: true``, ``"colour"`` and ``"shape"`` ints with
+    ``factors: true``)."""
 
     splits: ClassVar[tuple[str, ...]] = tuple(SPLITS)
     templates: ClassVar[list[str]] = list(TEMPLATES)
@@ -135,6 +139,8 @@ class ShapesDataset:
         caption = CAPTIONS[int(rng.integers(len(CAPTIONS)))]
         text = caption.format(a=_article(colour), colour=colour, shape=shape)
         item: dict[str, Any] = {"image": image, "text": text, "label": label}
+        if self.cfg.factors:
+            item["colour"], item["shape"] = divmod(label, len(SHAPES))
         if covered is not None:
             classes = covered.astype(np.int64) * (1 + list(COLOURS).index(colour))
             item["mask"] = torch.from_numpy(classes)  # (S, S) int64
