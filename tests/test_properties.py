@@ -9,13 +9,16 @@ seconds. ``HYPOTHESIS_PROFILE=deep`` runs many more on demand.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -31,6 +34,8 @@ _COMMON = {"deadline": None, "derandomize": True, "database": None,
 settings.register_profile("ci", max_examples=60, **_COMMON)
 settings.register_profile("deep", max_examples=5000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+#: for the slower tests that validate whole specs: fewer examples in CI
+FEW = settings(max_examples=max(settings().max_examples * 2 // 3, 10))
 
 PRESET = (Path(__file__).parents[1] / "plugins" / "mmcore_shapes" / "specs" /
           "clip-tiny.yaml").read_text(encoding="utf-8")
@@ -73,7 +78,7 @@ def test_parse_yaml_only_raises_spec_errors(text: str) -> None:
         assert exc.source == "random.yaml"
 
 
-@settings(max_examples=40)
+@FEW
 @given(mutated(PRESET.encode()))
 def test_load_spec_of_a_mutated_preset_only_raises_spec_errors(
         tmp_path_factory: pytest.TempPathFactory, blob: bytes) -> None:
@@ -85,6 +90,58 @@ def test_load_spec_of_a_mutated_preset_only_raises_spec_errors(
         assert "mutated.yaml" in str(exc)
     else:
         assert spec.modalities
+
+
+def _paths(node: object, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Every key path of a nested mapping/list."""
+    out: list[tuple[str | int, ...]] = [prefix] if prefix else []
+    items = node.items() if isinstance(node, dict) else enumerate(node) \
+        if isinstance(node, list) else []
+    for key, value in items:
+        out += _paths(value, (*prefix, key))
+    return out
+
+
+PRESET_DATA = yaml.safe_load(PRESET)
+PRESET_PATHS = _paths(PRESET_DATA)
+ODD_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+              st.sampled_from(["vit", "late", "contrastive", "shapes", "image", "text"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6)
+
+
+def _set(data: object, path: tuple[str | int, ...], value: object) -> None:
+    """``data[path] = value`` where the path still exists (an earlier change may have
+    replaced a container with a scalar)."""
+    node = data
+    for key in path[:-1]:
+        node = node[key] if isinstance(node, (dict, list)) and _has(node, key) else None
+    if isinstance(node, (dict, list)) and _has(node, path[-1]):
+        node[path[-1]] = value  # type: ignore[index]
+
+
+def _has(node: dict[object, object] | list[object], key: str | int) -> bool:
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(key, int) and key < len(node)
+
+
+@FEW
+@given(st.lists(st.tuples(st.sampled_from(PRESET_PATHS), ODD_VALUES), min_size=1, max_size=3))
+def test_load_spec_of_a_preset_with_odd_values_only_raises_spec_errors(
+        changes: list[tuple[tuple[str | int, ...], object]]) -> None:
+    data = copy.deepcopy(PRESET_DATA)
+    for path, value in changes:
+        _set(data, path, value)
+    try:
+        spec = load_spec(data)
+    except SpecError as exc:
+        assert exc.issues and all(issue.message for issue in exc.issues)
+    else:
+        assert spec.modalities and spec.train.lr > 0
 
 
 # -- audio ---------------------------------------------------------------------------------
@@ -110,7 +167,9 @@ VALID_WAVS = [
 
 def _check_wav(blob: bytes) -> None:
     try:
-        samples, rate = decode_wav(blob, "fuzz.wav")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an overflow warning on the way is a bug too
+            samples, rate = decode_wav(blob, "fuzz.wav")
     except ValueError as exc:
         assert "fuzz.wav" in str(exc)
         return

@@ -174,6 +174,7 @@ def _read_riff(blob: bytes, name: str) -> tuple[np.ndarray, int]:
         dtype = "<f4" if bits == 32 else "<f8"
         width = bits // 8 * channels
         values = np.frombuffer(data[: len(data) - len(data) % width], dtype=dtype)
+        check_samples(values, f"audio {name}")  # before float64 -> float32 can overflow
         return values.astype(np.float32).reshape(-1, channels), rate
     raise ValueError(f"cannot read audio {name}: unsupported WAV encoding (format tag "
                      f"{tag:#06x}, {bits} bits); use PCM or 32/64-bit float")

@@ -121,3 +121,32 @@ def exiting_plugin(site: Path, raise_: str) -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-plugin\n"
                                    "Version: 0.1\n")
     (info / "entry_points.txt").write_text("[mmcore.plugins]\nhostile = hostile_plugin\n")
+
+
+def lying_checkpoint(good: Path, path: Path, *, dtype: str = "", spec_json: str = "",
+                     spec_change: tuple[str, Any] | None = None) -> None:
+    """A copy of the checkpoint ``good`` whose tensors take ``dtype`` ("int64", "bool" or
+    "i32-over-f32": the same bytes declared as int32), or whose spec metadata is replaced
+    by ``spec_json`` or changed at one dotted key (``spec_change``)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(good), "pt") as handle:
+        meta = dict(handle.metadata() or {})
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    convert = {"int64": lambda t: t.to(torch.int64), "bool": lambda t: t.to(torch.bool),
+               "i32-over-f32": lambda t: t.view(torch.int32)}.get(dtype)
+    if convert is not None:
+        tensors = {k: convert(t) if t.is_floating_point() else t for k, t in tensors.items()}
+    if spec_json:
+        meta["spec"] = spec_json
+    if spec_change is not None:
+        data = json.loads(meta["spec"])
+        node = data
+        *parents, last = spec_change[0].split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = spec_change[1]
+        meta["spec"] = json.dumps(data)
+    save_file(tensors, str(path), meta)

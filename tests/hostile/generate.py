@@ -37,6 +37,12 @@ class Case:
     writable: tuple[str, ...] = ("out",)
     xfail: str = ""
     fresh: bool = False  # a real ``python -m mmcore`` (plugin discovery differs per case)
+    #: write ``bad.safetensors``: the asset checkpoint with these lies (lying_checkpoint)
+    lie: tuple[tuple[str, object], ...] = ()
+    #: copy the asset run folder to ``run/`` and break it with ``break_run(root / "run")``
+    break_run: Writer | None = None
+    #: more checks of the case folder after the command
+    after: Writer = lambda root: None
 
 
 def _text(name: str, text: str | bytes) -> Writer:
@@ -225,9 +231,10 @@ IMPORT_CASES = [
 PLUGIN_CASES = [
     Case(f"plugin-raises-{name}", ("validate", "spec.yaml"), r"hostile",
          _all(lambda root, r=raise_: files.exiting_plugin(root / "site", r), _spec_file()),
-         env={"PYTHONPATH": "site"}, codes=(0,), fresh=True)
-    for name, raise_ in (("system-exit", "SystemExit(3)"),
-                         ("keyboard-interrupt", "KeyboardInterrupt"))
+         env={"PYTHONPATH": "site"}, codes=(0,), fresh=fresh)
+    # one real ``python -m mmcore`` keeps the fresh path (MMCORE_HOSTILE_FRESH=1) tested
+    for name, raise_, fresh in (("system-exit", "SystemExit(3)", True),
+                                ("keyboard-interrupt", "KeyboardInterrupt", False))
 ]
 
 
@@ -241,21 +248,76 @@ def _run_folder(root: Path) -> None:
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
 
 
+def _checkpoint(id_: str, message: str, xfail: str = "", **lie: object) -> Case:
+    """``mmcore eval`` of a copy of the asset checkpoint that lies (files.lying_checkpoint);
+    the case writes ``bad.safetensors`` from ``{assets}`` at run time."""
+    return Case(id_, ("eval", "bad.safetensors", "--task", "zero-shot"), message,
+                lambda root: None, xfail=xfail, lie=tuple(lie.items()))
+
+
 CHECKPOINT_CASES = [
+    _checkpoint("ckpt-int64-tensors", r"bad\.safetensors.*dtype", dtype="int64"),
+    _checkpoint("ckpt-bool-tensors", r"bad\.safetensors.*dtype", dtype="bool"),
+    _checkpoint("ckpt-i32-over-f32", r"bad\.safetensors.*dtype", dtype="i32-over-f32"),
+    _checkpoint("ckpt-spec-json-list", r"bad\.safetensors.*spec", spec_json="[1, 2]"),
+    _checkpoint("ckpt-spec-not-json", r"bad\.safetensors.*spec", spec_json="{nope"),
+    _checkpoint("ckpt-vocab-50-million", r"bad\.safetensors.*spec describes .* parameters",
+                spec_change=("modalities.text.tokenizer.vocab_size", 50_000_000)),
     Case("train-over-a-run-without-checkpoints", ("train", "spec.yaml", "--out", "run"),
          r"run.*--overwrite", _run_folder, writable=()),
 ]
 
+def _resume(id_: str, message: str, break_run: Writer, after: Writer = lambda root: None,
+            codes: tuple[int, ...] = (0, 1)) -> Case:
+    """``mmcore train --resume`` of a broken copy of the asset run (2 steps, a checkpoint
+    after each); the run folder may change, nothing else."""
+    return Case(id_, ("train", "run/spec.yaml", "--out", "run", "--resume"), message,
+                codes=codes, writable=("run",), break_run=break_run, after=after)
+
+
+def _newest(run: Path) -> Path:
+    return run / "checkpoints" / "step-000002"
+
+
+def _set_aside(root: Path) -> None:
+    names = [p.name for p in (root / "run" / "checkpoints").iterdir()]
+    assert any("step-000002" in n and n != "step-000002" for n in names) or \
+        "step-000002" in names, f"the corrupt checkpoint was deleted: {names}"
+
+
+def _no_tmp(root: Path) -> None:
+    left = [p.name for p in (root / "run" / "checkpoints").iterdir() if ".tmp" in p.name]
+    assert not left, f"stale folders left: {left}"
+
+
+RESUME_CASES = [
+    _resume("resume-state-json-lacks-keys", r"state\.json",
+            lambda run: (_newest(run) / "state.json").write_text('{"format": "mmcore-train/1"}')),
+    _resume("resume-state-json-not-json", r"state\.json",
+            lambda run: (_newest(run) / "state.json").write_text("{nope")),
+    _resume("resume-newest-checkpoint-corrupt", r"step-000002", lambda run: (
+        _newest(run) / "model.safetensors").write_bytes(b"\x00" * 64), after=_set_aside,
+            codes=(0,)),
+    _resume("resume-stale-tmp-step-folder", r"", lambda run: (
+        run / "checkpoints" / ".tmp-step-000003").mkdir(), after=_no_tmp, codes=(0,)),
+]
+
 CASES: list[Case] = [*YAML_CASES, *SPEC_CASES, *DEVICE_CASES, *AUDIO_CASES, *IMAGE_CASES,
-                     *SHARD_CASES, *IMPORT_CASES, *PLUGIN_CASES, *CHECKPOINT_CASES]
+                     *SHARD_CASES, *IMPORT_CASES, *PLUGIN_CASES, *CHECKPOINT_CASES,
+                     *RESUME_CASES]
 
 
 def write_assets(root: Path) -> None:
-    """The shared assets: ``whisper/`` (tiny random HF Whisper) and ``clip.safetensors``."""
+    """The shared assets: ``whisper/`` (tiny random HF Whisper), ``clip.safetensors`` and
+    ``run/`` (a finished 2-step run with a checkpoint after each step)."""
     import mmcore
     from mmcore import checkpoint
+    from mmcore.training import train
     from mmcore_whisper.testing import write_random_whisper
 
     write_random_whisper(root / "whisper")
     model = mmcore.build(spec(), device="cpu")
     checkpoint.save(model, root / "clip.safetensors")
+    run = spec(train__steps=2, train__checkpoint_every=1)
+    train(mmcore.load_spec(run), root / "run", progress=False)
+    write_spec(root / "run" / "spec.yaml", run)

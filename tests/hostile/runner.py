@@ -8,8 +8,8 @@ Two ways, the same contract (exit code, stdout, stderr):
   first-party plugin modules once; each case is a child forked from it that runs
   ``mmcore.__main__`` exactly as ``python -m mmcore`` does (``runpy``: plugin discovery
   and registration, then the command; an uncaught exception prints its traceback and
-  exits 1, as the interpreter does). Only interpreter start-up is shared: cases about
-  ``PYTHONPATH`` or what gets imported run ``fresh``.
+  exits 1, as the interpreter does; ``PYTHONPATH`` is put on ``sys.path``). Only the
+  imports are shared: a case about what gets imported at start-up runs ``fresh``.
 
 ``MMCORE_HOSTILE_FRESH=1`` runs every case fresh.
 """
@@ -30,6 +30,9 @@ MEMORY_CAP = 3 << 30
 #: wall-clock limit of each case (a loaded 2-core machine is slow; a hang is not)
 TIMEOUT_S = 60.0
 FRESH_ENV = "MMCORE_HOSTILE_FRESH"
+#: what torch imports on the first meta-device op (~5 s of CPU a case otherwise)
+TORCH_LAZY = ["torch", "torch._dynamo", "torch._refs", "torch._decomp",
+              "torch._meta_registrations"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ def _child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -
     os.environ.clear()
     os.environ.update(env)
     sys.argv = ["mmcore", *argv]
+    # as the interpreter does at start-up (plugins found through entry points need it)
+    sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     code = 0
     try:
         runpy.run_module("mmcore", run_name="__main__", alter_sys=True)
@@ -83,7 +88,7 @@ def _context() -> multiprocessing.context.ForkServerContext:
 
         # names importable from site-packages: the fork server of Python 3.11 ignores the
         # test's sys.path (and a preload that fails to import, silently)
-        context.set_forkserver_preload(["torch", "mmcore.cli", *read_manifest()["plugins"]])
+        context.set_forkserver_preload([*TORCH_LAZY, "mmcore.cli", *read_manifest()["plugins"]])
         _CONTEXT = context
     return _CONTEXT
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from hostile.files import lying_checkpoint
 from hostile.generate import CASES, Case, write_assets
 from hostile.runner import run_mmcore
 
@@ -55,6 +57,11 @@ def test_hostile_input_gets_a_clean_error(case: Case, tmp_path: Path, assets: Pa
     root.mkdir()
     logs.mkdir()
     case.write(root)
+    if case.lie:
+        lying_checkpoint(assets / "clip.safetensors", root / "bad.safetensors", **dict(case.lie))
+    if case.break_run is not None:
+        shutil.copytree(assets / "run", root / "run", symlinks=True)
+        case.break_run(root / "run")
     before, assets_before = snapshot(root, case.writable), snapshot(assets)
     argv = [a.replace("{assets}", str(assets)) for a in case.argv]
     result = run_mmcore(argv, cwd=root, logs=logs, env=case.env, fresh=case.fresh)
@@ -65,3 +72,4 @@ def test_hostile_input_gets_a_clean_error(case: Case, tmp_path: Path, assets: Pa
     assert snapshot(root, case.writable) == before, "files outside the output changed"
     assert snapshot(assets) == assets_before, "the shared assets changed"
     assert not (tmp_path / "X").exists() and not (tmp_path.parent / "X").exists()
+    case.after(root)
