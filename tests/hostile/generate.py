@@ -159,6 +159,8 @@ AUDIO_CASES = [
            files.pcm_wav(np.zeros(4), rate=200_000_000)),
     _audio("wav-not-a-wav", r"clip\.wav", b"RIFF\x00\x00\x00\x00WAVEjunk"),
     _audio("wav-empty", r"clip\.wav", b""),
+    _audio("transcribe-beam-size-100000", r"beam", files.pcm_wav(files.tone() * 1000),
+           "--beam-size", "100000"),
     _audio("tokenizer-not-json", r"bad\.json", files.pcm_wav(files.tone() * 1000),
            "--tokenizer", "bad.json", also=_text("bad.json", "this is not json {")),
 ]
