@@ -82,8 +82,9 @@ def test_plugin_command_runs_and_is_listed_under_its_plugin(
 def test_first_party_commands_come_from_their_plugins() -> None:
     registry = plugins.get_registry()
     owners = {e.name: e.plugin for e in registry.list("command")}
-    assert owners == {"transcribe": "mmcore_whisper", "shards": "mmcore_webdataset",
-                      "chat": "mmcore_llama"}
+    assert owners == {"transcribe": "mmcore_whisper", "whisper-spec": "mmcore_whisper",
+                      "shards": "mmcore_webdataset", "chat": "mmcore_llama",
+                      "caption": "mmcore_blip", "capfilt": "mmcore_blip"}
     file, _, line = registry.get("command", "shards").location.rpartition(":")
     assert Path(file).resolve() == ROOT / "plugins" / "mmcore_webdataset" / "cli.py"
     assert Path(file).read_text().splitlines()[int(line) - 1].startswith("def run(")

@@ -200,8 +200,24 @@ def test_validate_allocates_nothing(tmp_path: Path) -> None:
     assert all(p.is_meta for p in model.parameters())
 
 
+def _needs(preset: str) -> list[str]:
+    """Key paths a preset says its user must supply (``metadata.needs``), e.g. the path of
+    an imported model's tokenizer.json."""
+    import yaml
+
+    target = get_registry().get("preset", preset).factory()
+    data = target if isinstance(target, dict) else yaml.safe_load(Path(target).read_text())
+    return list((data.get("metadata") or {}).get("needs") or [])
+
+
 @pytest.mark.parametrize("preset", get_registry().names("preset"))
 def test_every_preset_validates(preset: str) -> None:
+    needs = _needs(preset)
+    if needs:  # all problems are reported at once: those must be the only ones
+        with pytest.raises(SpecError) as err:
+            validate(load_spec(preset))
+        assert sorted({issue.path for issue in err.value.issues}) == sorted(needs)
+        return
     spec = load_spec(preset)
     validate(spec)
     assert spec.modalities and spec.fusion.type
