@@ -60,7 +60,14 @@ def flows(output: Tensor, source: Tensor) -> bool:
 # -- padding carries nothing, in every fusion ----------------------------------------------
 
 
-@pytest.mark.parametrize("name", get_registry().names("fusion"))
+#: Fusions whose registry entry brings its own example inputs (token ids to splice at,
+#: latent grids): the standard alpha/beta Tokens do not fit them, and the conformance
+#: suite's padding-invariance check runs them on their own examples instead.
+OWN_INPUTS = sorted(e.name for e in get_registry().list("fusion") if e.example is not None)
+
+
+@pytest.mark.parametrize("name", [n for n in get_registry().names("fusion")
+                                  if n not in OWN_INPUTS])
 def test_padding_influences_no_output(name: str) -> None:
     fusion, tokens = build(name), inputs()
     out = fusion(tokens)
