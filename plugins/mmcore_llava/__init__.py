@@ -86,7 +86,7 @@ def register_fusions(register: Register) -> None:
 @hookimpl
 def register_objectives(register: Register) -> None:
     register("instruction-lm", build_instruction_lm, config=InstructionLMConfig,
-             example=example_instruction_lm, cost=causal_lm_cost,
+             tiny={}, example=example_instruction_lm, cost=causal_lm_cost,
              summary="next-token loss on answer tokens only (prompt and image tokens masked)")
 
 
