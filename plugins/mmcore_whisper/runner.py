@@ -71,8 +71,8 @@ class WhisperRunner:
         if self.no_speech is not None:
             start = self._start_index(input_ids)
             at_start = hidden[torch.arange(rows), start].unsqueeze(1)  # (R, 1, D)
-            self._record_no_speech(input_ids, at_start @ kv.output)
-        return (hidden[:, -1] @ kv.output).float(), RunnerState(kv, padded)
+            self._record_no_speech(input_ids, kv.logits(at_start))
+        return kv.logits(hidden[:, -1]).float(), RunnerState(kv, padded)
 
     def step(self, next_ids: Tensor, attention_mask: Tensor,
              state: RunnerState) -> tuple[Tensor, RunnerState]:
