@@ -102,12 +102,31 @@ def _supervised(model: Any, task: str, data: Dataset, batch_size: int, progress:
     try:
         with torch.no_grad():
             if task == "classification":
-                return classification(model, data, batch_size, progress)
+                return _classify(model, data, batch_size, progress)
         from mmcore.probe import probe_model
 
         return probe_model(model, data, batch_size=batch_size, progress=progress, **probe)
     finally:
         model.train(was_training)
+
+
+def _classify(model: Any, data: Dataset, batch_size: int, progress: bool) -> dict[str, Any]:
+    """Classification by the model's classification head; a contrastive model without one
+    (e.g. a CLIP run) classifies zero-shot by prompts of the class names, and says so."""
+    try:
+        classifier_head(model)
+    except ValueError:
+        try:
+            image_like, text_like = contrastive_pair(model)
+        except ValueError:
+            raise ValueError("classification needs a classification head or a contrastive "
+                             "objective (zero-shot by class names); this model has neither") \
+                from None
+        result = zero_shot(model, data, image_like, text_like, batch_size, progress)
+        return {**result, "task": "classification",
+                "method": "zero-shot: no classification head, classified by prompts of the "
+                          "class names"}
+    return {**classification(model, data, batch_size, progress), "method": "head"}
 
 
 def resolve_model(source: Any, device: str | None = None) -> Any:

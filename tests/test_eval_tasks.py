@@ -113,8 +113,10 @@ def test_cli_classification_on_a_trained_run(capsys: pytest.CaptureFixture[str],
     assert (report["head"], report["samples"], report["num_classes"]) == ("cls", 24, 36)
     assert 0.0 <= report["top1"] <= report["top5"] <= 1.0
     clip = trained(capsys, tmp_path, clip_spec())
-    code, _, err = run(capsys, "eval", str(clip), "--task", "classification", "--no-progress")
-    assert code == 1 and "needs a model with a classification head" in err
+    code, text, err = run(capsys, "eval", str(clip), "--task", "classification",
+                          "--no-progress", "--json")
+    assert code == 0, err  # no head: zero-shot by class names, and the report says so
+    assert json.loads(text)["method"].startswith("zero-shot")
 
 
 def test_classification_function_counts_correct_predictions() -> None:
@@ -128,3 +130,12 @@ def test_classification_function_counts_correct_predictions() -> None:
     report = classification(model.eval(), data, batch_size=2, progress=False)  # type: ignore
     assert (report["top1"], report["samples"], report["chance_top1"]) == (1.0, 5, 1 / 36)
     assert evaluate(model, "classification", dataset=data, progress=False)["top1"] == 1.0  # type: ignore
+
+
+def test_classification_of_a_contrastive_model_without_a_head_is_zero_shot() -> None:
+    from mmcore.evaluate import evaluate
+
+    model = mmcore.build("clip-tiny")
+    result = evaluate(model, "classification", progress=False, limit=12, split="eval-seen")
+    assert result["task"] == "classification" and result["method"].startswith("zero-shot")
+    assert result["samples"] == 12 and 0 <= result["top1"] <= result["top5"] <= 1
