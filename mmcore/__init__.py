@@ -108,8 +108,8 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> MultimodalM
     a finished run, else the newest complete checkpoint of an unfinished one; or a hub
     name ``hf://ORG/NAME[@REVISION]`` (:mod:`mmcore.hub`). In eval mode."""
     from mmcore.checkpoint import load as _load
+    from mmcore.convert import load_hub as _load_hub
     from mmcore.hub import is_hub_name
-    from mmcore.hub import load as _load_hub
 
     model: MultimodalModel = (_load_hub(str(path), device=device) if is_hub_name(path)
                               else _load(path, device=device))

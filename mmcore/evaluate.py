@@ -13,7 +13,7 @@ during training: :func:`zero_shot`, :func:`retrieval`, :func:`classification` an
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from mmcore.data import EVAL, Dataset, spec_dataset
 from mmcore.errors import suggest
+from mmcore.eval_data import Head, batches, embed_raw, read_columns
 from mmcore.progress import Progress
 from mmcore.tasks import EvalTask, TaskOptions, registered_tasks
 
@@ -53,7 +54,7 @@ def evaluate(model_or_checkpoint: Any, task: Task, *, dataset: Dataset | None = 
     model = resolve_model(model_or_checkpoint, device)
     data = dataset if dataset is not None else _spec_data(model.spec, split)
     if limit is not None and data is not None:
-        data = _Head(data, limit)
+        data = Head(data, limit)
     if task in plugin_tasks:  # the options of a plugin's task arrive in ``probe``
         options = TaskOptions(batch_size, progress, device, limit, dict(probe))
         return run_plugin_task(plugin_tasks[task], model, data, options)
@@ -155,57 +156,7 @@ def contrastive_pair(model: Any) -> tuple[str, str]:
                      f"{sorted(getattr(model, 'objectives', {}))}")
 
 
-class _Head:
-    """The first ``limit`` items of a dataset."""
-
-    def __init__(self, dataset: Dataset, limit: int) -> None:
-        self.dataset, self.size = dataset, min(limit, len(dataset))
-        for attr in ("class_names", "templates"):
-            if hasattr(dataset, attr):
-                setattr(self, attr, getattr(dataset, attr))
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> Mapping[str, Any]:
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        return self.dataset[index]
-
-
 # --- encoding ---------------------------------------------------------------------------
-
-
-def _batches(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(start + size, n))
-
-
-def embed_raw(model: Any, modality: str, items: Sequence[Any], batch_size: int,
-              bar: Progress | None = None, *, normalize: bool = True) -> Tensor:
-    """Raw items -> embeddings (N, E), L2-normalised unless ``normalize`` is False, in
-    batches, on the CPU."""
-    out = []
-    for rows in _batches(len(items), batch_size):
-        inputs = model.preprocess(modality, [items[i] for i in rows])
-        emb = model.embed(modality, inputs).float()
-        out.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())
-        if bar is not None:
-            bar.update(len(rows))
-    return torch.cat(out) if out else torch.empty(0, 0)
-
-
-def _column(dataset: Dataset, keys: Sequence[str], bar: Progress) -> dict[str, list[Any]]:
-    """Read every item once; keep the given keys. -> key: list of N values."""
-    columns: dict[str, list[Any]] = {k: [] for k in keys}
-    for i in range(len(dataset)):
-        item = dataset[i]
-        for key in keys:
-            if key not in item:
-                raise KeyError(f"dataset item {i} has no {key!r}; it has {sorted(item)}")
-            columns[key].append(item[key])
-        bar.update(1)
-    return columns
 
 
 def class_embeddings(model: Any, modality: str, class_names: Sequence[str],
@@ -235,7 +186,7 @@ def zero_shot(model: Any, dataset: Dataset, image_like: str, text_like: str,
         raise ValueError("zero-shot needs a dataset with class_names")
     templates = list(getattr(dataset, "templates", None) or DEFAULT_TEMPLATES)
     with Progress(2 * len(dataset), desc="zero-shot", unit="item", enabled=progress) as bar:
-        data = _column(dataset, [image_like, "label"], bar)
+        data = read_columns(dataset, [image_like, "label"], bar)
         classes = class_embeddings(model, text_like, names, templates, batch_size)  # (C, E)
         images = embed_raw(model, image_like, data[image_like], batch_size, bar)  # (N, E)
     labels = torch.tensor(data["label"], dtype=torch.long)
@@ -282,7 +233,7 @@ def retrieval(model: Any, dataset: Dataset, image_like: str, text_like: str,
     with Progress(3 * n, desc="retrieval", unit="item", enabled=progress) as bar:
         first = dataset[0] if n else {}
         keys = [image_like, text_like] + (["label"] if "label" in first else [])
-        data = _column(dataset, keys, bar)
+        data = read_columns(dataset, keys, bar)
         images = embed_raw(model, image_like, data[image_like], batch_size, bar)  # (N, E)
         texts = embed_raw(model, text_like, data[text_like], batch_size, bar)  # (N, E)
     if "label" in data:
@@ -367,7 +318,7 @@ def classification(model: Any, dataset: Dataset, batch_size: int = 256,
     collate = Collator.for_model(model)
     logits, labels = [], []
     with Progress(len(dataset), desc="classification", unit="item", enabled=progress) as bar:
-        for rows in _batches(len(dataset), batch_size):
+        for rows in batches(len(dataset), batch_size):
             items = [{k: v for k, v in dataset[i].items() if k in keys} for i in rows]
             batch = collate(items)
             logits.append(model(batch).heads[head].float().cpu())  # (B, C)

@@ -93,19 +93,6 @@ def _hub_error(source: str, exc: Exception) -> CheckpointError:
                            "the cache is used when it holds the model")
 
 
-def load(source: str, *, device: Any = "cpu") -> Any:
-    """The model a hub name holds: an mmcore checkpoint as saved, else imported by the
-    converter that recognises the folder."""
-    from mmcore.checkpoint import MODEL_FILE
-    from mmcore.checkpoint import load as load_checkpoint
-    from mmcore.convert import import_model
-
-    folder = resolve(source)
-    if (folder / MODEL_FILE).is_file() and not (folder / "config.json").is_file():
-        return load_checkpoint(folder, device=device)
-    return import_model(folder, device=device)
-
-
 def pretrained_sources(registry: Any = None) -> list[dict[str, str]]:
     """Every preset's known pretrained sources: preset, hub name, converter, plugin."""
     from mmcore.plugins import get_registry

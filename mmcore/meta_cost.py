@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mmcore.builder import BuildContext
+from mmcore.build_context import BuildContext
 from mmcore.contract import FusionOutput, Tokens
 from mmcore.cost import Cost, CostContext, Shape
 from mmcore.kernels import KernelSet

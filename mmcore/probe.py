@@ -113,11 +113,11 @@ def score_probe(probe: LinearProbe, features: Tensor, labels: Tensor) -> dict[st
 def features(model: Any, dataset: Dataset, modality: str, batch_size: int = 256,
              progress: bool = True, desc: str = "features") -> tuple[Tensor, Tensor]:
     """The frozen pooled embeddings of ``modality`` (N, E) and the labels (N,)."""
-    from mmcore.evaluate import _column, embed_raw
+    from mmcore.eval_data import embed_raw, read_columns
 
     with Progress(2 * len(dataset), desc=desc, unit="item", enabled=progress) as bar, \
             torch.no_grad():
-        data = _column(dataset, [modality, "label"], bar)
+        data = read_columns(dataset, [modality, "label"], bar)
         emb = embed_raw(model, modality, data[modality], batch_size, bar, normalize=False)
     return emb, torch.tensor(data["label"], dtype=torch.long)
 
@@ -161,9 +161,9 @@ def probe_model(model: Any, eval_data: Dataset, *, train_data: Dataset | None = 
                 **options: Any) -> dict[str, Any]:
     """:func:`linear_probe` with the training features from the model's spec data at
     ``train_split`` (its first ``train_limit`` items) unless ``train_data`` is given."""
-    from mmcore.evaluate import _Head
+    from mmcore.eval_data import Head
 
     data = train_data if train_data is not None else spec_dataset(model.spec, train_split)
     if train_limit is not None:
-        data = _Head(data, train_limit)
+        data = Head(data, train_limit)
     return linear_probe(model, data, eval_data, **options)

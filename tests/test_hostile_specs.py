@@ -10,7 +10,7 @@ import pytest
 
 from mmcore.cli import main
 from mmcore.errors import SpecError
-from mmcore.spec import SPEC_BYTES, parse_yaml
+from mmcore.spec_yaml import SPEC_BYTES, parse_yaml
 
 MAX_SPEC_BYTES = int(SPEC_BYTES.default)
 

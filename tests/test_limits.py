@@ -14,7 +14,7 @@ from mmcore.errors import MMCoreError, SpecError
 from mmcore.imaging import to_pil
 from mmcore.limits import Limit
 
-MODULES = ["mmcore.spec", "mmcore.builder", "mmcore.imaging", "mmcore_audio.wav",
+MODULES = ["mmcore.spec_yaml", "mmcore.builder", "mmcore.imaging", "mmcore_audio.wav",
            "mmcore_webdataset.reading"]
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 

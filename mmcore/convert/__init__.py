@@ -113,3 +113,16 @@ def merged_copy(model: MultimodalModel) -> MultimodalModel:
         raise CheckpointError("--merge-lora: this model has no LoRA adapters to merge")
     merged: MultimodalModel = lora.merge(copy.deepcopy(model))
     return merged
+
+
+def load_hub(source: str, *, device: Any = "cpu") -> Any:
+    """The model a hub name holds: an mmcore checkpoint as saved, else imported by the
+    converter that recognises the folder."""
+    from mmcore.checkpoint import MODEL_FILE
+    from mmcore.checkpoint import load as load_checkpoint
+    from mmcore.hub import resolve
+
+    folder = resolve(source)
+    if (folder / MODEL_FILE).is_file() and not (folder / "config.json").is_file():
+        return load_checkpoint(folder, device=device)
+    return import_model(folder, device=device)

@@ -30,11 +30,11 @@ PREFIX = "eval/"
 def open_eval_data(run: Run, dataset: Dataset | None = None) -> Dataset:
     """The evaluation split (``dataset``, else the spec's data at ``train.eval_split``),
     cut to ``train.eval_limit`` items."""
-    from mmcore.evaluate import _Head
+    from mmcore.eval_data import Head
 
     data = dataset if dataset is not None else spec_dataset(run.spec, run.cfg.eval_split)
     limit = run.cfg.eval_limit
-    return _Head(data, limit) if limit is not None else data
+    return Head(data, limit) if limit is not None else data
 
 
 def evaluate_run(run: Run) -> dict[str, float]:

@@ -21,10 +21,8 @@ from torch import Tensor
 
 from mmcore.convert import hf
 from mmcore.errors import CheckpointError
+from mmcore_llama.keys import FAMILIES, HEAD, HF_TO_MMCORE, TEXT
 
-FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-            "qwen2": "Qwen2ForCausalLM"}
-TEXT, HEAD = "text", "lm"
 TOKENIZER_FILE = "tokenizer.json"
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads")
@@ -38,15 +36,6 @@ ROPE_KEYS = {"rope_type": "type", "type": "type", "factor": "factor",
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 #: config keys whose presence (with a non-trivial value) mmcore does not implement
 UNSUPPORTED = ("quantization_config", "partial_rotary_factor")
-#: HF keys -> mmcore keys
-HF_TO_MMCORE = hf.KeyMap(
-    [("model.embed_tokens.weight", f"tokenizers.{TEXT}.embed_tokens.weight"),
-     ("model.layers.{}.*", "fusion.stack.layers.{}.*"),
-     ("model.norm.weight", "fusion.stack.norm.weight"),
-     ("lm_head.weight", f"heads.{HEAD}.weight")],
-    ignore=["model.layers.{}.self_attn.rotary_emb.inv_freq", "model.rotary_emb.inv_freq"])
-
-
 def _positive(config: Mapping[str, Any], key: str) -> int:
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from mmcore.convert import hf
 from mmcore.errors import CheckpointError
 from mmcore_llama.components import DecoderLM, DecoderLMConfig, LMEmbedding, LMHead
-from mmcore_llama.convert import FAMILIES, HEAD, HF_TO_MMCORE
+from mmcore_llama.keys import FAMILIES, HEAD, HF_TO_MMCORE
 
 #: mmcore rope_scaling field -> HF rope parameter
 _ROPE_OUT = {"type": "rope_type", "factor": "factor",

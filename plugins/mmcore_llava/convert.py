@@ -25,8 +25,8 @@ from mmcore.errors import CheckpointError
 from mmcore_clip.hf_clip import HF_TO_MMCORE as CLIP_KEYS
 from mmcore_clip.hf_config import clip_config
 from mmcore_clip.sidecars import hf_image_preprocessor
-from mmcore_llama.convert import HF_TO_MMCORE as LLAMA_KEYS
 from mmcore_llama.convert import spec_from_config
+from mmcore_llama.keys import HF_TO_MMCORE as LLAMA_KEYS
 
 TEXT, IMAGE, HEAD = "text", "image", "lm"
 #: top-level config keys of variants mmcore does not implement
