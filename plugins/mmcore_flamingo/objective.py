@@ -4,15 +4,13 @@ interleaved sequence; the labels come from ``flamingo-text`` (``batch[text]["lab
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor
 
 from mmcore.builder import BuildContext
 from mmcore.contract import Batch, ModelOutput
 from mmcore_llama import CausalLM
-from mmcore_llama.components import IGNORE_INDEX, CausalLMConfig
+from mmcore_llama.components import IGNORE_INDEX, CausalLMConfig, preprocessed_labels
 
 
 class InterleavedLMConfig(CausalLMConfig):
@@ -22,15 +20,9 @@ class InterleavedLMConfig(CausalLMConfig):
 class InterleavedLM(CausalLM):
     """Cross-entropy of text token t + 1 from the logits at t; ``accuracy`` per token."""
 
-    def targets(self, batch: Batch, device: torch.device) -> Tensor:
-        text = batch[self.cfg.text]
-        if not isinstance(text, Mapping) or "labels" not in text:
-            raise ValueError(f"interleaved-lm needs batch[{self.cfg.text!r}]['labels'] (the "
-                             "flamingo-text preprocessor makes them)")
-        labels: Tensor = text["labels"]
-        shifted = torch.full_like(labels, IGNORE_INDEX)
-        shifted[:, :-1] = labels[:, 1:]
-        return shifted.to(device)
+    def labels(self, batch: Batch) -> Tensor:
+        return preprocessed_labels(batch, self.cfg.text, "interleaved-lm",
+                                   "the flamingo-text preprocessor")
 
 
 def build_interleaved_lm(cfg: InterleavedLMConfig, ctx: BuildContext) -> InterleavedLM:

@@ -18,20 +18,13 @@ from mmcore.layers.kv_cache import KVCache
 from mmcore_flamingo.fusion import FlamingoFusion
 from mmcore_flamingo.masking import attend_mask, check_count, media_index, per_row_media
 from mmcore_flamingo.text import FlamingoTextPreprocessor
-from mmcore_llama import LMEmbedding, LMHead, left_pad
+from mmcore_llama import LMEmbedding, LMHead, left_pad, lm_parts
 
 
 def flamingo_parts(model: Any) -> tuple[LMEmbedding, FlamingoFusion, LMHead]:
-    """(text embedding, flamingo fusion, lm-head) of a built model; ValueError if not."""
-    fusion = model.fusion
-    if not isinstance(fusion, FlamingoFusion):
-        raise ValueError(f"not a Flamingo model: its fusion is {type(fusion).__name__}")
-    embedding = model.tokenizers[fusion.cfg.text] if fusion.cfg.text in model.tokenizers \
-        else None  # noqa: SIM401
-    heads = [h for h in model.heads.values() if isinstance(h, LMHead)]
-    if not isinstance(embedding, LMEmbedding) or len(heads) != 1:
-        raise ValueError("a Flamingo model needs an lm-embedding text tokenizer and one lm-head")
-    return embedding, fusion, heads[0]
+    """(text embedding, Flamingo fusion, lm-head) of a built model; ValueError if not."""
+    embedding, fusion, head = lm_parts(model, FlamingoFusion, "Flamingo")
+    return embedding, fusion, head
 
 
 @dataclass

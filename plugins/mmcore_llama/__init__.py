@@ -54,6 +54,7 @@ from mmcore_llama.components import (
     example_causal_lm,
     example_fused,
     example_lm_ids,
+    lm_parts,
 )
 from mmcore_llama.convert import make_converter
 from mmcore_llama.costs import (
@@ -77,7 +78,7 @@ from mmcore_llama.text import (
 
 __version__ = "0.1.0"
 __all__ = ["CausalLM", "CausalLMRunner", "DecoderLM", "LMEmbedding", "LMHead", "LMTokens",
-           "TextCodec", "TextResult", "TextStream", "check_room", "flops_per_token",
+           "TextCodec", "lm_parts", "TextResult", "TextStream", "check_room", "flops_per_token",
            "generate_text", "kv_cache_bytes", "left_pad", "text_codec"]
 
 SPECS = Path(__file__).resolve().parent / "specs"

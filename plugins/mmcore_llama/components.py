@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -299,8 +299,9 @@ class CausalLM(Objective):
         super().__init__()
         self.cfg = cfg
 
-    def targets(self, batch: Batch, device: torch.device) -> Tensor:
-        """(B, T) next-token targets aligned with the logits, IGNORE_INDEX where none."""
+    def labels(self, batch: Batch) -> Tensor:
+        """(B, T) the label of each position, IGNORE_INDEX where none: the text ids (or
+        ``batch[cfg.labels]``) with padding ignored. Subclasses choose other labels."""
         text = batch[self.cfg.text]
         ids, mask = (text["ids"], text.get("mask")) if isinstance(text, Mapping) \
             else (text, None)
@@ -308,9 +309,16 @@ class CausalLM(Objective):
         labels = ids.clone() if labels is None else labels.clone()
         if mask is not None:
             labels = labels.masked_fill(~mask.bool(), IGNORE_INDEX)
+        return labels
+
+    def targets(self, batch: Batch, device: torch.device) -> Tensor:
+        """(B, T) next-token targets aligned with the logits, IGNORE_INDEX where none."""
+        labels = self.labels(batch)
         shifted = torch.full_like(labels, IGNORE_INDEX)
         shifted[:, :-1] = labels[:, 1:]
         return shifted.to(device)
+
+
 
     def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         if self.cfg.head not in output.heads:
@@ -329,6 +337,16 @@ class CausalLM(Objective):
         return {"loss": loss, "accuracy": accuracy.detach(), "tokens": valid.sum()}
 
 
+def preprocessed_labels(batch: Batch, text: str, objective: str, maker: str) -> Tensor:
+    """``batch[text]['labels']``, which a preprocessor (``maker``) made; a clear error
+    naming the objective when they are missing."""
+    item = batch[text]
+    if not isinstance(item, Mapping) or "labels" not in item:
+        raise ValueError(f"{objective} needs batch[{text!r}]['labels'] ({maker} makes them)")
+    labels: Tensor = item["labels"]
+    return labels
+
+
 def build_causal_lm(cfg: CausalLMConfig, ctx: BuildContext) -> CausalLM:
     return CausalLM(cfg)
 
@@ -343,3 +361,20 @@ def example_causal_lm(module: CausalLM, batch_size: int,
                                                          generator=generator)[:, None]
     output = ModelOutput(tokens={}, embeddings={}, heads={module.cfg.head: logits})
     return output, {module.cfg.text: {"ids": ids, "mask": mask}}
+
+
+def lm_parts(model: Any, fusion_type: type, family: str) -> tuple[LMEmbedding, Any, LMHead]:
+    """(text embedding, fusion, lm-head) of a built model whose trunk is a ``fusion_type``
+    over an ``lm-embedding`` text modality (LLaVA, Flamingo, ...); ValueError naming the
+    ``family`` otherwise."""
+    fusion: Any = model.fusion
+    if not isinstance(fusion, fusion_type):
+        raise ValueError(f"not a {family} model: its fusion is {type(fusion).__name__}")
+    text = model.fusion.cfg.text
+    embedding = model.tokenizers[text] if text in model.tokenizers else None  # noqa: SIM401
+    heads = [h for h in model.heads.values() if isinstance(h, LMHead)]
+    if not isinstance(embedding, LMEmbedding) or len(heads) != 1:
+        raise ValueError(f"a {family} model needs an lm-embedding text tokenizer and one "
+                         "lm-head")
+    return embedding, fusion, heads[0]
+

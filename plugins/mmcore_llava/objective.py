@@ -4,15 +4,13 @@ tokens only. The labels come from the ``llava-chat`` preprocessor (``batch[text]
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor
 
 from mmcore.builder import BuildContext
 from mmcore.contract import Batch, ModelOutput
 from mmcore_llama import CausalLM
-from mmcore_llama.components import IGNORE_INDEX, CausalLMConfig
+from mmcore_llama.components import IGNORE_INDEX, CausalLMConfig, preprocessed_labels
 
 
 class InstructionLMConfig(CausalLMConfig):
@@ -23,15 +21,9 @@ class InstructionLM(CausalLM):
     """Cross-entropy of answer token t + 1 from the logits at t; metrics ``accuracy``
     (per answer token) and ``tokens`` (answer tokens in the batch)."""
 
-    def targets(self, batch: Batch, device: torch.device) -> Tensor:
-        text = batch[self.cfg.text]
-        if not isinstance(text, Mapping) or "labels" not in text:
-            raise ValueError(f"instruction-lm needs batch[{self.cfg.text!r}]['labels'] (the "
-                             "llava-chat preprocessor makes them from prompt/answer pairs)")
-        labels: Tensor = text["labels"]
-        shifted = torch.full_like(labels, IGNORE_INDEX)
-        shifted[:, :-1] = labels[:, 1:]
-        return shifted.to(device)
+    def labels(self, batch: Batch) -> Tensor:
+        return preprocessed_labels(batch, self.cfg.text, "instruction-lm",
+                                   "the llava-chat preprocessor, from prompt/answer pairs,")
 
 
 def build_instruction_lm(cfg: InstructionLMConfig, ctx: BuildContext) -> InstructionLM:

@@ -13,22 +13,15 @@ from torch import Tensor
 
 from mmcore.generation import GenerationConfig, generate, stream
 from mmcore.layers.kv_cache import KVCache
-from mmcore_llama import LMEmbedding, LMHead
+from mmcore_llama import LMEmbedding, LMHead, lm_parts
 from mmcore_llava.chat import LlavaChatPreprocessor, count_placeholders, left_padded
 from mmcore_llava.fusion import LlavaFusion
 
 
 def llava_parts(model: Any) -> tuple[LMEmbedding, LlavaFusion, LMHead]:
-    """(text embedding, llava fusion, lm-head) of a built LLaVA model; ValueError if not."""
-    fusion = model.fusion
-    if not isinstance(fusion, LlavaFusion):
-        raise ValueError(f"not a LLaVA model: its fusion is {type(fusion).__name__}")
-    embedding = model.tokenizers[fusion.cfg.text] if fusion.cfg.text in model.tokenizers \
-        else None  # noqa: SIM401
-    heads = [h for h in model.heads.values() if isinstance(h, LMHead)]
-    if not isinstance(embedding, LMEmbedding) or len(heads) != 1:
-        raise ValueError("a LLaVA model needs an lm-embedding text tokenizer and one lm-head")
-    return embedding, fusion, heads[0]
+    """(text embedding, LLaVA fusion, lm-head) of a built model; ValueError if not."""
+    embedding, fusion, head = lm_parts(model, LlavaFusion, "LLaVA")
+    return embedding, fusion, head
 
 
 class LlavaRunner:
