@@ -160,10 +160,16 @@ def _shard_path(folder: Path, name: str, index: Path) -> Path:
     return path
 
 
-def read_shard_index(folder: Path) -> dict[str, str]:
+def index_name(name: str = SAFETENSORS) -> str:
+    """The shard index file of weights file ``name`` (``model.safetensors`` ->
+    ``model.safetensors.index.json``; diffusers: ``diffusion_pytorch_model.safetensors``)."""
+    return f"{name}.index.json"
+
+
+def read_shard_index(folder: Path, name: str = SAFETENSORS) -> dict[str, str]:
     """The validated ``weight_map`` (tensor name -> shard file) of
-    ``folder/model.safetensors.index.json``."""
-    index = Path(folder) / SAFETENSORS_INDEX
+    ``folder/model.safetensors.index.json`` (the index of weights file ``name``)."""
+    index = Path(folder) / index_name(name)
     weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index}: weight_map must be a non-empty object of "
@@ -177,9 +183,9 @@ def read_shard_index(folder: Path) -> dict[str, str]:
     return dict(weight_map)
 
 
-def _read_sharded(folder: Path) -> dict[str, Tensor]:
-    weight_map = read_shard_index(folder)
-    index = folder / SAFETENSORS_INDEX
+def _read_sharded(folder: Path, name: str = SAFETENSORS) -> dict[str, Tensor]:
+    weight_map = read_shard_index(folder, name)
+    index = folder / index_name(name)
     by_shard: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(key)
@@ -194,24 +200,28 @@ def _read_sharded(folder: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def has_weights(folder: Path) -> bool:
-    """Whether ``folder`` holds ``model.safetensors`` or a shard index."""
-    return (folder / SAFETENSORS).is_file() or (folder / SAFETENSORS_INDEX).is_file()
+def has_weights(folder: Path, name: str = SAFETENSORS) -> bool:
+    """Whether ``folder`` holds weights file ``name`` (``model.safetensors``) or its shard
+    index."""
+    return (folder / name).is_file() or (folder / index_name(name)).is_file()
 
 
-def read_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, Tensor]:
-    """The state dict of an HF folder: ``model.safetensors``, else its shards.
+def read_weights(folder: Path, *, allow_pickle: bool = False,
+                 name: str = SAFETENSORS) -> dict[str, Tensor]:
+    """The state dict of an HF folder: ``model.safetensors``, else its shards. ``name``
+    names another single file (diffusers: ``diffusion_pytorch_model.safetensors``, whose
+    index is ``diffusion_pytorch_model.safetensors.index.json``).
 
     Without either, a pickle (``pytorch_model.bin``, ...) is refused with a CheckpointError
     saying to convert it, unless ``allow_pickle`` (then it loads through
     :func:`load_torch_weights`, weights only).
     """
     folder = Path(folder)
-    if (folder / SAFETENSORS).is_file():
-        return read_safetensors(folder / SAFETENSORS)
-    if (folder / SAFETENSORS_INDEX).is_file():
-        return _read_sharded(folder)
-    pickles = [name for name in PICKLE_FILES if (folder / name).is_file()]
+    if (folder / name).is_file():
+        return read_safetensors(folder / name)
+    if (folder / index_name(name)).is_file():
+        return _read_sharded(folder, name)
+    pickles = [pickle_name for pickle_name in PICKLE_FILES if (folder / pickle_name).is_file()]
     if pickles and allow_pickle and pickles[0].endswith(TORCH_SUFFIXES):
         return load_torch_weights(folder / pickles[0])
     if pickles:
@@ -219,7 +229,7 @@ def read_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, Tenso
             f"{folder} holds only {pickles[0]} (a pickle); mmcore reads safetensors only, as "
             "pickles can run code when loaded: convert it to safetensors first (e.g. "
             "save_pretrained(folder, safe_serialization=True))")
-    raise CheckpointError(f"{folder} has no {SAFETENSORS} (nor {SAFETENSORS_INDEX})")
+    raise CheckpointError(f"{folder} has no {name} (nor {index_name(name)})")
 
 
 def _unsafe_reason(exc: BaseException) -> str:
