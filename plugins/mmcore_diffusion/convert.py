@@ -18,7 +18,14 @@ from torch import Tensor, nn
 from mmcore.convert import hf
 from mmcore.errors import CheckpointError
 from mmcore.kernels import KernelSet
-from mmcore_diffusion.samplers import DDIMSampler, DDPMSampler, EulerSampler, Sampler
+from mmcore_diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    EulerSampler,
+    Sampler,
+    dpm_solver_from_config,
+)
 from mmcore_diffusion.schedules import NoiseSchedule
 from mmcore_diffusion.unet import UNet2DCondition, UNetConfig
 from mmcore_diffusion.vae import AutoencoderKL, VAEConfig
@@ -216,10 +223,11 @@ def load_vae(folder: Path, *, kernels: KernelSet | None = None) -> AutoencoderKL
 
 SCHEDULER_CONFIG = "scheduler_config.json"
 SAMPLERS = {"DDPMScheduler": DDPMSampler, "DDIMScheduler": DDIMSampler,
-            "EulerDiscreteScheduler": EulerSampler}
+            "EulerDiscreteScheduler": EulerSampler,
+            "DPMSolverMultistepScheduler": DPMSolverSampler}
 SCHEDULER_FIXED: dict[str, tuple[Any, ...]] = {
     "trained_betas": (None,), "thresholding": (False,), "rescale_betas_zero_snr": (False,),
-    "variance_type": ("fixed_small", "fixed_large"), "use_karras_sigmas": (False,),
+    "variance_type": ("fixed_small", "fixed_large", None), "use_karras_sigmas": (False,),
     "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,),
     "interpolation_type": ("linear",), "timestep_type": ("discrete",),
     "final_sigmas_type": ("zero",), "prediction_type": ("epsilon", "v_prediction")}
@@ -234,6 +242,8 @@ def sampler_from_config(cfg: Mapping[str, Any], *, cls: str | None = None,
         raise CheckpointError(f"{where}: scheduler {name!r} is not implemented by mmcore; "
                               f"implemented: {', '.join(SAMPLERS)} (pass one to use its "
                               "sampler with this schedule)")
+    if name == "DPMSolverMultistepScheduler":
+        return dpm_solver_from_config(cfg, where)
     _fixed(cfg, SCHEDULER_FIXED, where)
     schedule = NoiseSchedule.create(
         cfg.get("beta_schedule", "linear"), cfg.get("num_train_timesteps", 1000),
