@@ -1,9 +1,11 @@
 """Model checkpoints: safetensors only, written atomically, verified before anything loads.
 
 Metadata (all strings, as safetensors requires): ``format``, ``mmcore_version``, ``spec``
-(JSON), ``plugins`` (JSON name -> version), ``kernels`` (JSON op -> choice) and, for a
-model whose training started from other weights, ``init`` (JSON: each source's path,
-format, the sha256 of its files and the components it gave; see mmcore.training.init).
+(JSON), ``plugins`` (JSON name -> version), ``kernels`` (JSON op -> choice), ``assets``
+(JSON: the tokenizer files the spec names, embedded; see :mod:`mmcore.assets` and
+:func:`model_assets`) and, for a model whose training started from other weights,
+``init`` (JSON: each source's path, format, the sha256 of its files and the components it
+gave; see mmcore.training.init).
 
 The run-folder layout lives here too, so every loader reads a run the same way::
 
@@ -32,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from mmcore.assets import model_assets as model_assets  # an exporter's way to the files
 from mmcore.errors import CheckpointError
 
 FORMAT = "mmcore/1"
@@ -141,21 +144,28 @@ def save_tensors(tensors: Mapping[str, Tensor], path: str | Path,
 
 def save(model: nn.Module, path: str | Path, extra: Mapping[str, str] | None = None, *,
          tensors: Mapping[str, Tensor] | None = None) -> Path:
-    """Save ``model`` (a MultimodalModel) with its spec, plugin versions and kernel choices.
+    """Save ``model`` (a MultimodalModel) with its spec, plugin versions and kernel choices,
+    and the files its spec names (tokenizers; :mod:`mmcore.assets`) embedded, so the
+    checkpoint does not depend on the folder it was imported from.
 
     ``tensors`` replaces ``model.state_dict()``, e.g. the gathered whole tensors of a model
     whose parameters are sharded across ranks (FSDP)."""
     from mmcore._version import __version__
+    from mmcore.assets import ASSETS_KEY, embed
 
     spec = getattr(model, "spec", None)
+    spec_data = spec.to_dict() if spec is not None else None
+    assets = embed(spec, spec_data) if spec_data is not None else None
     meta = {
         "format": FORMAT,
         "mmcore_version": __version__,
-        "spec": json.dumps(spec.to_dict() if spec is not None else None),
+        "spec": json.dumps(spec_data),
         "plugins": json.dumps(_plugin_versions()),
         "kernels": json.dumps(getattr(model, "kernel_choices", {})),
         **dict(extra or {}),
     }
+    if assets is not None:
+        meta[ASSETS_KEY] = assets
     init = getattr(model, INIT_ATTR, None)
     if init:
         meta[INIT_KEY] = json.dumps(init)
@@ -297,6 +307,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
     Kernels are selected again for the hardware here; the saved choice is honoured only
     if the spec forced it.
     """
+    from mmcore.assets import restore
     from mmcore.builder import build
     from mmcore.spec import load_spec
 
@@ -311,7 +322,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
     if not isinstance(spec_data, dict):
         raise CheckpointError(f"{path}: metadata 'spec' must be a JSON object (a spec), got "
                               f"{type(spec_data).__name__}")
-    spec = load_spec(spec_data)
+    spec = load_spec(restore(spec_data, meta, path))
     check_stored_size(spec, path)
     model = build(spec, device=device)
     if spec.train.lora is not None:  # an adapted model: adapters first, then its weights

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -53,6 +53,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 class CLIPBPEConfig(ComponentConfig):
+    #: parameters naming files a checkpoint embeds (mmcore.assets)
+    asset_fields: ClassVar[tuple[str, ...]] = ("vocab", "merges")
     vocab: str  # path to vocab.json
     merges: str  # path to merges.txt
     context_length: int = Field(77, ge=2)

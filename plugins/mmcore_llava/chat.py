@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, model_validator
@@ -34,6 +34,8 @@ LLAVA_TEMPLATE = "USER: {prompt} ASSISTANT:"
 
 
 class LlavaChatConfig(ComponentConfig):
+    #: parameters naming files a checkpoint embeds (mmcore.assets)
+    asset_fields: ClassVar[tuple[str, ...]] = ("path",)
     #: tokens each image fills (the vision tower's patch tokens, e.g. 576 for 336 px / 14)
     image_tokens: int = Field(gt=0)
     context_length: int = Field(2048, ge=2)

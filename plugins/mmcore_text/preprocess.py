@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -80,6 +80,8 @@ def read_tokenizer(path: str | Path) -> Any:
 
 
 class HFTokenizerConfig(ComponentConfig):
+    #: parameters naming files a checkpoint embeds (mmcore.assets)
+    asset_fields: ClassVar[tuple[str, ...]] = ("path",)
     path: str
     context_length: int = Field(77, ge=2)
     pad_token: str | None = None

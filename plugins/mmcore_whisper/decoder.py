@@ -17,7 +17,7 @@ keys/values once per utterance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, model_validator
@@ -35,6 +35,9 @@ from mmcore_whisper.tokens import WhisperTokens
 
 class WhisperDecoderConfig(ComponentConfig):
     """Shapes of Whisper's decoder and the checkpoint's special tokens."""
+
+    #: parameters naming files a checkpoint embeds (mmcore.assets)
+    asset_fields: ClassVar[tuple[str, ...]] = ("tokens.tokenizer",)
 
     #: the output tokens the decoder cross-attends to (the audio modality)
     context: str = "audio"
