@@ -66,6 +66,9 @@ class CostSummary:
     #: token at position ``context``, attending that many keys) and ``kv_cache_bytes`` (the
     #: keys and values of ``context`` positions at ``batch_size`` and ``dtype``); else None
     generation: dict[str, int] | None = None
+    #: extra figures the components' cost functions offer (:class:`mmcore.cost.Figure`),
+    #: resolved: ``{"component", "name", "value", "unit"}``
+    figures: list[dict[str, Any]] = field(default_factory=list)
 
 
 #: bytes per element of the ``mmcore inspect --dtype`` choices
@@ -137,6 +140,7 @@ class _CostWalk:
         self.fusion: Any = None
         self.heads: dict[str, int] = {}
         self.generation: Any = None  # the summed GenerationCost of decoding components
+        self.figures: list[tuple[str, Any]] = []  # (path, Figure) from the cost functions
 
     def visit(self, path: str, kind: str, ref: Any) -> None:
         if kind in MODALITY_SLOTS:
@@ -153,6 +157,7 @@ class _CostWalk:
         extra = getattr(cost, "generation", None)
         if extra is not None:
             self.generation = extra if self.generation is None else self.generation + extra
+        self.figures += [(path, f) for f in getattr(cost, "figures", ())]
         return cost
 
     def _modality_part(self, path: str, kind: str, ref: Any) -> None:
@@ -223,6 +228,8 @@ def analyse(spec: ModelSpec, registry: Registry | None = None, *, batch_size: in
                      "activations: the tensors each layer saves for backward (inputs of "
                      "matrix products and norms, attention probabilities, MLP hidden units), "
                      "sequences at full length"],
-        generation=generation_figures(walk.generation, context, batch_size, dtype))
+        generation=generation_figures(walk.generation, context, batch_size, dtype),
+        figures=[{"component": path, "name": f.name, "unit": f.unit,
+                  "value": f.value + f.per_parameter * params} for path, f in walk.figures])
 
 

@@ -47,6 +47,19 @@ class GenerationCost:
                               self.max_context)
 
 
+@dataclass(frozen=True)
+class Figure:
+    """An extra named figure a cost function offers ``mmcore inspect`` (printed under the
+    cost table, e.g. the FLOPs of one denoising step or the memory of sampling): ``value``
+    in ``unit`` ("FLOP", "B" or ""), plus ``per_parameter`` times the whole model's
+    parameter count (e.g. 4 for a memory figure that holds every fp32 weight)."""
+
+    name: str
+    value: int
+    unit: str = ""
+    per_parameter: int = 0
+
+
 def _add_generation(a: GenerationCost | None, b: GenerationCost | None
                     ) -> GenerationCost | None:
     return a if b is None else b if a is None else a + b
@@ -65,6 +78,7 @@ class Cost:
     as ``CostContext.embedding_widths``).
     ``generation``: per generated token, for components that decode (``mmcore inspect``
     sums them into FLOPs per token and KV-cache memory); None for the others.
+    ``figures``: extra named figures for ``mmcore inspect`` (:class:`Figure`).
     """
 
     params: int = 0
@@ -74,19 +88,22 @@ class Cost:
     out: Shape | None = None
     embeddings: dict[str, int] = field(default_factory=dict)
     generation: GenerationCost | None = None
+    figures: tuple[Figure, ...] = ()
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.params + other.params, self.flops + other.flops,
                     self.activations + other.activations,
                     max(self.attention_scores, other.attention_scores),
                     other.out or self.out, {**self.embeddings, **other.embeddings},
-                    _add_generation(self.generation, other.generation))
+                    _add_generation(self.generation, other.generation),
+                    self.figures + other.figures)
 
     def times(self, n: int) -> Cost:
         """``n`` identical copies (e.g. n layers)."""
         return Cost(self.params * n, self.flops * n, self.activations * n,
                     self.attention_scores, self.out, dict(self.embeddings),
-                    None if self.generation is None else self.generation.times(n))
+                    None if self.generation is None else self.generation.times(n),
+                    self.figures)
 
 
 @dataclass

@@ -157,7 +157,7 @@ def _cost_notes(summary: ModelSummary) -> list[str]:
               + (" (partial)" if cost.partial else "")]
     for assumption in cost.assumptions:
         lines += _wrap(f"assumes {assumption}", "  ")
-    return lines + _generation_lines(cost)
+    return lines + _generation_lines(cost) + _figure_lines(cost)
 
 
 def _generation_lines(cost: Any) -> list[str]:
@@ -169,6 +169,17 @@ def _generation_lines(cost: Any) -> list[str]:
                 f"{si(gen['flops_per_token'], 'FLOP')} per generated token "
                 f"({gen['flops_per_token']:,}); KV cache {binary_bytes(gen['kv_cache_bytes'])} "
                 f"({gen['kv_cache_bytes']:,} bytes, batch {cost.batch_size}, {cost.dtype})"]
+
+
+def _figure_lines(cost: Any) -> list[str]:
+    """The extra figures components' cost functions offer (:class:`mmcore.cost.Figure`)."""
+    lines = []
+    for f in cost.figures:
+        value, unit = f["value"], f["unit"]
+        short = binary_bytes(value) if unit == "B" else si(value, unit)
+        lines.append(f"{f['component']}: {f['name']}: {short} ({value:,}"
+                     + (f" {unit})" if unit else ")"))
+    return ["", *lines] if lines else []
 
 
 def _wrap(text: str, indent: str = "") -> list[str]:

@@ -4,7 +4,7 @@ size (``sample_size``) with the text length the text modality emits."""
 
 from __future__ import annotations
 
-from mmcore.cost import Cost, CostContext, Shape
+from mmcore.cost import Cost, CostContext, Figure, Shape
 from mmcore.registry import ComponentConfig
 from mmcore_diffusion import cost as counts
 from mmcore_diffusion.codec import KLAutoencoderConfig, LatentTokenizerConfig
@@ -35,14 +35,26 @@ def _text_tokens(cfg: UNetDenoiserConfig | DiTDenoiserConfig, ctx: CostContext) 
     return shape.tokens if shape is not None else 77
 
 
+#: batch sizes ``mmcore inspect`` reports the sampling memory at
+SAMPLING_BATCHES = (1, 8)
+
+
 def unet_cost(cfg: UNetDenoiserConfig, ctx: CostContext) -> Cost:
-    """FLOPs: one U-Net call on one ``sample_size``-square latent (guidance doubles it)."""
+    """FLOPs: one U-Net call on one ``sample_size``-square latent (guidance doubles it).
+    Figures for ``mmcore inspect``: those FLOPs as one denoising step, and the memory of
+    guided fp32 sampling at :data:`SAMPLING_BATCHES` (every weight of the model + the
+    U-Net's working set, :func:`~mmcore_diffusion.cost.sampling_memory`)."""
     unet: UNetConfig = cfg.unet_config()
-    side = cfg.sample_size
-    flops = counts.unet_flops(unet, side, side, _text_tokens(cfg, ctx))
+    side, text = cfg.sample_size, _text_tokens(cfg, ctx)
+    flops = counts.unet_flops(unet, side, side, text)
     scores = side**4 if unet.down_attention[0] else 0
+    figures = [Figure(f"one denoising step per image ({side}x{side} latents, {text} text "
+                      "tokens, unguided)", flops, "FLOP")]
+    figures += [Figure(f"sampling memory at batch {b} (guided, fp32)",
+                       counts.sampling_memory(0, unet, side, b), "B", per_parameter=4)
+                for b in SAMPLING_BATCHES]
     return Cost(params=counts.unet_parameters(unet), flops=flops, attention_scores=scores,
-                out=Shape(side * side, unet.out_channels))
+                out=Shape(side * side, unet.out_channels), figures=tuple(figures))
 
 
 def dit_cost(cfg: DiTDenoiserConfig, ctx: CostContext) -> Cost:
