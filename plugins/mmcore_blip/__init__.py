@@ -78,7 +78,7 @@ def register_objectives(register: Register) -> None:
 def register_converters(register: Register) -> None:
     register("hf-blip", HFBlipConverter,
              summary="Hugging Face BlipForImageTextRetrieval / BlipForConditionalGeneration "
-                     "folder, import")
+                     "folder, import and export")
 
 
 @hookimpl

@@ -5,9 +5,11 @@ Implemented (anything else is refused by name, never approximated): the BLIP ViT
 (pre-norm blocks, fused ``qkv``, final ``post_layernorm`` on every token), the BERT text
 model with cross-attention, absolute positions, ``hidden_act`` from the shared activation
 table. Retrieval folders become modes ``itc`` + ``itm`` (ITC projections and ``itm_head``);
-captioning folders mode ``lm`` (the decoder, ``cls.predictions``). As in transformers, the
-retrieval model's ITM reads the text ids as given (``enc_token_id`` unset) and the
-captioner's prompt is ``text_config.bos_token_id``; decoding stops at ``sep_token_id``.
+captioning folders mode ``lm`` (the decoder, ``cls.predictions``). The ITC temperature is
+``mmcore_itc_logit_scale`` where an mmcore export wrote one, else BLIP's initial 1 / 0.07.
+As in transformers, the retrieval model's ITM reads the text ids as given (``enc_token_id``
+unset) and the captioner's prompt is ``text_config.bos_token_id``; decoding stops at
+``sep_token_id``. Export: :mod:`mmcore_blip.export`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from mmcore.errors import CheckpointError
 from mmcore_clip.sidecars import hf_image_preprocessor
 
 RETRIEVAL, CAPTIONING = "BlipForImageTextRetrieval", "BlipForConditionalGeneration"
+#: config.json key an mmcore export writes the ITC temperature under (HF keeps none)
+LOGIT_SCALE_KEY = "mmcore_itc_logit_scale"
 #: transformers' BlipTextConfig / BlipVisionConfig defaults (configs may be saved as diffs)
 TEXT_DEFAULTS: dict[str, Any] = {
     "vocab_size": 30524, "hidden_size": 768, "encoder_hidden_size": 768,
@@ -167,10 +171,12 @@ def spec_from_blip_config(config: Mapping[str, Any], folder: Path) -> dict[str, 
         objectives = {"lm": {"type": "blip-lm", "vocab_size": text["vocab_size"], "act": act,
                              "norm_eps": text["layer_norm_eps"],
                              "eos_id": text["sep_token_id"], "pad_id": text["pad_token_id"]}}
+    ids = {k: text[k] for k in ("bos_token_id", "sep_token_id", "pad_token_id")}
     return {"name": folder.resolve().name, "description": f"{arch} imported from {folder.name}",
             "modalities": {"image": _image_modality(vision, folder),
                            "text": _text_modality(text, folder)},
-            "fusion": fusion, "objectives": objectives}
+            "fusion": fusion, "objectives": objectives,
+            "metadata": {"hf_blip": {"text_config": ids}}}
 
 
 def _split_qkv(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -187,8 +193,11 @@ def _split_qkv(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def tensors_from_folder(folder: Path, arch: str) -> dict[str, Tensor]:
-    """The folder's weights under mmcore's keys."""
+def tensors_from_folder(folder: Path, arch: str,
+                        config: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+    """The folder's weights under mmcore's keys (``config``: its config.json, for the ITC
+    temperature an mmcore export writes)."""
+    config = config or {}
     state = hf.read_weights(folder)
     if arch == CAPTIONING:
         decoder = "text_decoder.cls.predictions.decoder.weight"
@@ -196,8 +205,9 @@ def tensors_from_folder(folder: Path, arch: str) -> dict[str, Tensor]:
             state = {**state, decoder: state["text_decoder.bert.embeddings.word_embeddings.weight"]}
     keys = RETRIEVAL_KEYS if arch == RETRIEVAL else CAPTIONING_KEYS
     out = _split_qkv(keys.apply(state, source=str(folder)))
-    if arch == RETRIEVAL:  # HF keeps no ITC temperature: BLIP's initial 0.07
-        out["objectives.itc.logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    if arch == RETRIEVAL:  # HF keeps no ITC temperature: an mmcore export's, else 1 / 0.07
+        scale = float(config.get(LOGIT_SCALE_KEY, math.log(1 / 0.07)))
+        out["objectives.itc.logit_scale"] = torch.tensor(scale)
     out["tokenizers.image.cls"] = out["tokenizers.image.cls"].reshape(-1)
     positions = out["tokenizers.image.positions.weight"]
     out["tokenizers.image.positions.weight"] = positions.reshape(-1, positions.shape[-1])
@@ -205,7 +215,7 @@ def tensors_from_folder(folder: Path, arch: str) -> dict[str, Tensor]:
 
 
 class HFBlipConverter:
-    """``hf-blip``: BLIP retrieval and captioning folders, in."""
+    """``hf-blip``: BLIP retrieval and captioning folders, in and out."""
 
     def detect(self, source: Path) -> bool:
         return (Path(source).is_dir() and hf.config_model_type(Path(source)) == "blip"
@@ -219,4 +229,10 @@ class HFBlipConverter:
         config = hf.read_config(source)
         spec = spec_from_blip_config(config, source)
         with torch.no_grad():
-            return spec, tensors_from_folder(source, check_config(config)[0])
+            return spec, tensors_from_folder(source, check_config(config)[0], config)
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        """Write ``model`` as an HF BLIP folder (:func:`mmcore_blip.export.export_hf_blip`)."""
+        from mmcore_blip.export import export_hf_blip
+
+        export_hf_blip(model, Path(out))

@@ -1,0 +1,142 @@
+"""Export round trips for the vision-language families (hf-blip, hf-idefics, hf-perceiver):
+a tiny random model saved by transformers is imported, exported with ``mmcore export``,
+loaded back by transformers' ``from_pretrained`` (outputs within 1e-4 of the mmcore
+model's, tokenizer ids equal to the mmcore preprocessor's) and imported again (the same
+state dict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mmcore.checkpoint import save
+from mmcore.cli import main
+from mmcore.convert import export_model, import_model
+from mmcore.errors import CheckpointError
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = ["a", "red", "blue", "green", "star", "circle", "square", "on", "the", "left", "right",
+         "small", "big", "photo", "of", "##s", "##ed", "and", "is", "to"]
+
+
+def _bert_tokenizer(folder: Path) -> Any:
+    """A WordPiece BertTokenizerFast ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(str(folder / "vocab.txt"))
+    tok.save_pretrained(folder)
+    (folder / "vocab.txt").unlink()
+    return tok
+
+
+def _unit_gain(model: torch.nn.Module) -> None:
+    """Weights far from HF's 0.02 init (so every one matters) yet of unit gain (outputs of
+    order one: float32 rounding stays far below the 1e-4 tolerance)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower():
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.2)
+            elif "embed" in name or p.dim() < 2:
+                p.normal_(0.0, 1.0 if p.dim() > 1 else 0.1)
+            else:
+                p.normal_(0.0, p[0].numel() ** -0.5)
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sorted(sa) == sorted(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def _exported(model: Any, tmp_path: Path, fmt: str) -> Path:
+    """``mmcore export`` of ``model`` (saved as an mmcore checkpoint first), its folder."""
+    ckpt = save(model, tmp_path / "model.safetensors")
+    out = tmp_path / "exported"
+    assert main(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
+    return out
+
+
+# -- BLIP ---------------------------------------------------------------------------------
+
+BLIP_TEXT = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 40,
+             "bos_token_id": 97, "sep_token_id": 3, "pad_token_id": 0, "hidden_act": "gelu"}
+BLIP_VISION = {"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": 48, "image_size": 30, "patch_size": 10}
+TEXTS = ["a red star on the left", "small blue squares", "a photo of a big green circle"]
+
+
+def _blip(cls_name: str, folder: Path) -> None:
+    config = transformers.BlipConfig(text_config=BLIP_TEXT, vision_config=BLIP_VISION,
+                                     image_text_hidden_size=16)
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(config).eval()
+    _unit_gain(model)
+    model.save_pretrained(folder)
+    _bert_tokenizer(folder)
+
+
+def test_blip_retrieval_round_trip(tmp_path: Path) -> None:
+    _blip("BlipForImageTextRetrieval", tmp_path / "hf")
+    model = import_model(tmp_path / "hf").eval()
+    with torch.no_grad():
+        model.objectives["itc"].logit_scale.fill_(3.1)  # not HF's: it must survive
+    out = _exported(model, tmp_path, "hf-blip")
+    assert {"config.json", "model.safetensors", "tokenizer.json",
+            "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+
+    text = model.preprocessors["text"](TEXTS)
+    theirs = transformers.AutoTokenizer.from_pretrained(out)(TEXTS)["input_ids"]
+    ours = [row[m].tolist() for row, m in zip(text["ids"], text["mask"], strict=True)]
+    assert ours == theirs and len({len(r) for r in ours}) > 1
+    ids, mask = text["ids"], text["mask"]
+    pixels = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(1))
+    reference = transformers.BlipForImageTextRetrieval.from_pretrained(out).eval()
+    with torch.no_grad():
+        itm_ref = reference(input_ids=ids, pixel_values=pixels, attention_mask=mask.long()
+                            ).itm_score
+        itc_ref = reference(input_ids=ids, pixel_values=pixels, attention_mask=mask.long(),
+                            use_itm_head=False).itm_score
+        got = model({"image": pixels, "text": {"ids": ids, "mask": mask}})
+        itm = model.objectives["itm"].head(got.tokens["fused"].x[:, 0])
+        img = torch.nn.functional.normalize(got.embeddings["image"], dim=-1)
+        txt = torch.nn.functional.normalize(got.embeddings["text"], dim=-1)
+    torch.testing.assert_close(itm, itm_ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(img @ txt.t(), itc_ref, atol=1e-4, rtol=0)
+    assert float(itm_ref.std()) > 0.01
+    _same_state(import_model(out), model)
+
+
+def test_blip_captioning_round_trip(tmp_path: Path) -> None:
+    _blip("BlipForConditionalGeneration", tmp_path / "hf")
+    model = import_model(tmp_path / "hf").eval()
+    out = _exported(model, tmp_path, "hf-blip")
+    reference = transformers.BlipForConditionalGeneration.from_pretrained(out).eval()
+    text = model.preprocessors["text"](TEXTS)
+    ids, mask = text["ids"], text["mask"]
+    pixels = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(2))
+    prompt = ids.clone()
+    prompt[:, 0] = BLIP_TEXT["bos_token_id"]  # what mmcore's decoder reads first ([DEC])
+    with torch.no_grad():
+        theirs = reference(pixel_values=pixels, input_ids=prompt, attention_mask=mask.long()
+                           ).logits
+        states = model({"image": pixels, "text": {"ids": ids, "mask": mask}})
+        ours = model.objectives["lm"].head(states.tokens["decoder"].x)
+    torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-4, rtol=0)
+    assert float(theirs.std()) > 0.1
+    _same_state(import_model(out), model)
+
+
+def test_blip_with_three_modes_is_refused(tmp_path: Path) -> None:
+    import mmcore
+    from mmcore.builder import build
+
+    model = build(mmcore.load_spec("blip-tiny"))
+    with pytest.raises(CheckpointError, match=r"fusion modes .* are neither"):
+        export_model(model, tmp_path / "out", "hf-blip")
