@@ -119,10 +119,13 @@ class LatentDiffusionGenerator:
 
     def accepts(self, model: Any) -> bool:
         try:
-            parts(model)
+            denoiser, _ = parts(model)
         except (ValueError, KeyError, AttributeError):
             return False
-        return True
+        # a condition tokenizer that says it takes no prompts (unCLIP's image embedding)
+        # belongs to another generator
+        condition = dict(model.tokenizers).get(denoiser.cfg.text)
+        return bool(getattr(condition, "takes_prompts", True))
 
     def run(self, model: Any, args: argparse.Namespace) -> int:
         reject_unused(args, UNUSED, "latent diffusion models")
