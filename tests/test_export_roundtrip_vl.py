@@ -140,3 +140,43 @@ def test_blip_with_three_modes_is_refused(tmp_path: Path) -> None:
     model = build(mmcore.load_spec("blip-tiny"))
     with pytest.raises(CheckpointError, match=r"fusion modes .* are neither"):
         export_model(model, tmp_path / "out", "hf-blip")
+
+
+# -- Perceiver ----------------------------------------------------------------------------
+
+PERCEIVER = {"num_latents": 6, "d_latents": 24, "d_model": 16, "num_blocks": 2,
+             "num_self_attends_per_block": 2, "num_self_attention_heads": 4,
+             "num_cross_attention_heads": 2, "self_attention_widening_factor": 2,
+             "cross_attention_widening_factor": 3, "vocab_size": 262,
+             "max_position_embeddings": 12, "use_query_residual": False}
+
+
+def test_perceiver_masked_lm_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    original = transformers.PerceiverForMaskedLM(transformers.PerceiverConfig(**PERCEIVER))
+    _unit_gain(original)
+    original.save_pretrained(tmp_path / "hf")
+    model = import_model(tmp_path / "hf").eval()
+    out = _exported(model, tmp_path, "hf-perceiver")
+    reference = transformers.PerceiverForMaskedLM.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(["a red star", "blue"], padding="max_length", max_length=12,
+                      return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids[0, :4].tolist() == [4, ord("a") + 6, ord(" ") + 6, ord("r") + 6]  # [CLS], bytes
+    with torch.no_grad():
+        theirs = reference(inputs=ids, attention_mask=mask).logits  # (2, 12, 262)
+        ours = model({"text": {"ids": ids, "mask": mask.bool()}}).heads["mlm"]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    assert float(theirs.std()) > 0.1
+    _same_state(import_model(out), model)
+
+
+def test_perceiver_untied_projection_is_refused(tmp_path: Path) -> None:
+    original = transformers.PerceiverForMaskedLM(transformers.PerceiverConfig(**PERCEIVER))
+    original.save_pretrained(tmp_path / "hf")
+    model = import_model(tmp_path / "hf")
+    with torch.no_grad():
+        model.heads["mlm"].proj.weight.add_(0.1)
+    with pytest.raises(CheckpointError, match="ties its vocabulary projection"):
+        export_model(model, tmp_path / "out", "hf-perceiver")

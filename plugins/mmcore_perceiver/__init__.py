@@ -106,7 +106,7 @@ def register_objectives(register: Register) -> None:
 def register_converters(register: Register) -> None:
     register("hf-perceiver", HFPerceiverConverter,
              summary="transformers PerceiverForMaskedLM folder (config.json, "
-                     "model.safetensors), import")
+                     "model.safetensors), import and export")
 
 
 @hookimpl

@@ -6,7 +6,7 @@ mmcore components: the ``token-embedding`` tokenizer (HF's text preprocessor), t
 latent stack), and a ``query-classifier`` head (learned position queries, the decoder's
 cross-attention, and the vocabulary projection: HF ties it to the input embeddings, mmcore
 gets an untied copy that starts equal). Every other architecture or config option that
-changes the computation is refused by name.
+changes the computation is refused by name. Export: :mod:`mmcore_perceiver.hf_export`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 class HFPerceiverConverter:
-    """``hf-perceiver``: Hugging Face ``PerceiverForMaskedLM`` folders."""
+    """``hf-perceiver``: Hugging Face ``PerceiverForMaskedLM`` folders, in and out."""
 
     def detect(self, source: Path) -> bool:
         return Path(source).is_dir() and config_model_type(Path(source)) == "perceiver"
@@ -153,3 +153,10 @@ class HFPerceiverConverter:
         # HF ties the vocabulary projection to the input embeddings; mmcore keeps a copy
         state[f"heads.{HEAD}.proj.weight"] = state["tokenizers.text.embed.weight"]
         return masked_lm_spec(config), state
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        """Write ``model`` as an HF PerceiverForMaskedLM folder
+        (:func:`mmcore_perceiver.hf_export.export_hf_perceiver`)."""
+        from mmcore_perceiver.hf_export import export_hf_perceiver
+
+        export_hf_perceiver(model, Path(out))
