@@ -6,6 +6,7 @@ state dict)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,53 @@ def test_perceiver_untied_projection_is_refused(tmp_path: Path) -> None:
         model.heads["mlm"].proj.weight.add_(0.1)
     with pytest.raises(CheckpointError, match="ties its vocabulary projection"):
         export_model(model, tmp_path / "out", "hf-perceiver")
+
+
+# -- Idefics ------------------------------------------------------------------------------
+
+IMAGE_ID = 100  # the first additional id: HF's vocab_size
+
+
+def _idefics_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer.json: 100 base ids (<unk> 0, <s> 1, </s> 2, words), then
+    <image> 100 and <fake_token_around_image> 101, BOS added by its post-processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    vocab |= {f"w{i}": i for i in range(len(vocab), IMAGE_ID)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<image>", "<fake_token_around_image>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[
+        ("<s>", 1)])
+    assert tok.token_to_id("<image>") == IMAGE_ID
+    tok.save(str(folder / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("alpha_type", ["float", "vector"])
+def test_idefics_round_trip(tmp_path: Path, alpha_type: str) -> None:
+    from test_flamingo_import import hf_idefics, image_attention_mask
+
+    hf_idefics(alpha_type=alpha_type).save_pretrained(tmp_path / "hf")
+    _idefics_tokenizer(tmp_path / "hf")
+    model = import_model(tmp_path / "hf").eval()
+    out = _exported(model, tmp_path, "hf-idefics")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["vocab_size"], config["additional_vocab_size"]) == (100, 2)
+
+    texts = ["a red star <image> on the left <image> big", "<image> small blue squares"]
+    text = model.preprocessors["text"](texts)
+    theirs = transformers.AutoTokenizer.from_pretrained(out)(texts)["input_ids"]
+    ids, mask = text["ids"], text["mask"]
+    assert [row[m].tolist() for row, m in zip(ids, mask, strict=True)] == theirs
+    assert ids[0, 4] == IMAGE_ID
+    ids[1, 2] = IMAGE_ID  # two images in every row
+    reference = transformers.IdeficsForVisionText2Text.from_pretrained(out).eval()
+    pixels = torch.randn(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask.long(), pixel_values=pixels,
+                             image_attention_mask=image_attention_mask(ids)).logits
+        got = model({"text": {"ids": ids, "mask": mask},
+                     "image": pixels.flatten(0, 1)}).heads["lm"]
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-4, rtol=1e-4)
+    _same_state(import_model(out), model)

@@ -113,7 +113,7 @@ def register_generators(register: Register) -> None:
 def register_converters(register: Register) -> None:
     register("hf-idefics", HFIdeficsConverter,
              summary="Hugging Face IdeficsForVisionText2Text folder (vision tower, resampler, "
-                     "gated cross-attention, LLaMA LM), import")
+                     "gated cross-attention, LLaMA LM), import and export")
 
 
 @hookimpl

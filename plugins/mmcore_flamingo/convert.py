@@ -10,7 +10,9 @@ from layer 0 with ``alpha_type`` ``float`` or ``vector``, SwiGLU dense parts, RM
 LLaMA decoder (multi-head, default RoPE), and the decoupled embedding / head
 (``additional_vocab_size``), whose extra rows are appended to the tables. Refused:
 ``qk_layer_norms``, ``qk_layer_norms_perceiver``, other ``alpha_type`` values, RoPE
-scaling, ``hidden_act`` other than silu, ``tie_word_embeddings``.
+scaling, ``hidden_act`` other than silu, ``tie_word_embeddings``. A ``tokenizer.json`` in the
+folder becomes the text modality's ``hf-tokenizer`` preprocessor. Export:
+:mod:`mmcore_flamingo.export`.
 """
 
 from __future__ import annotations
@@ -145,9 +147,13 @@ def spec_from_idefics_config(config: Mapping[str, Any], folder: Path,
                  "context_length": context, "bos_token_id": config.get("bos_token_id"),
                  "eos_token_id": config.get("eos_token_id"),
                  "pad_token_id": config.get("pad_token_id")}
+    text: dict[str, Any] = {"tokenizer": tokenizer}
+    if (folder / "tokenizer.json").is_file():
+        text = {"preprocessor": {"type": "hf-tokenizer", "context_length": context,
+                                 "path": str((folder / "tokenizer.json").resolve())}, **text}
     return {"name": folder.resolve().name,
             "description": f"IdeficsForVisionText2Text imported from {folder.name}",
-            "modalities": {IMAGE: _vision(config), TEXT: {"tokenizer": tokenizer}},
+            "modalities": {IMAGE: _vision(config), TEXT: text},
             "fusion": fusion,
             "heads": {HEAD: {"type": "lm-head", "text": TEXT, "vocab_size": vocab}},
             "objectives": {"lm": {"type": "causal-lm", "head": HEAD, "text": TEXT}}}
@@ -200,7 +206,7 @@ def tensors_from_state(state: dict[str, Tensor], config: Mapping[str, Any],
 
 
 class HFIdeficsConverter:
-    """``hf-idefics``: IdeficsForVisionText2Text folders, in."""
+    """``hf-idefics``: IdeficsForVisionText2Text folders, in and out."""
 
     def detect(self, source: Path) -> bool:
         return (Path(source).is_dir() and hf.config_model_type(Path(source)) == "idefics"
@@ -214,3 +220,10 @@ class HFIdeficsConverter:
         config = hf.read_config(source)
         spec = spec_from_idefics_config(config, source)
         return spec, tensors_from_state(hf.read_weights(source), config, str(source))
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        """Write ``model`` as an HF Idefics folder
+        (:func:`mmcore_flamingo.export.export_hf_idefics`)."""
+        from mmcore_flamingo.export import export_hf_idefics
+
+        export_hf_idefics(model, Path(out))
