@@ -7,6 +7,7 @@ state dict)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ from mmcore.convert import export_model, import_model
 from mmcore.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
+
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaded checkpoints write their tokenizer files under the test's own folder."""
+    monkeypatch.setenv("MMCORE_CACHE", str(tmp_path / "cache"))
+
 
 WORDS = ["a", "red", "blue", "green", "star", "circle", "square", "on", "the", "left", "right",
          "small", "big", "photo", "of", "##s", "##ed", "and", "is", "to"]
@@ -56,8 +65,10 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def _exported(model: Any, tmp_path: Path, fmt: str) -> Path:
-    """``mmcore export`` of ``model`` (saved as an mmcore checkpoint first), its folder."""
+    """``mmcore export`` of ``model`` (saved as an mmcore checkpoint first), its folder.
+    The imported folder is deleted first: the tokenizer must come from the checkpoint."""
     ckpt = save(model, tmp_path / "model.safetensors")
+    shutil.rmtree(tmp_path / "hf")
     out = tmp_path / "exported"
     assert main(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
     return out

@@ -203,15 +203,18 @@ def _image_processor(spec: Any, size: int) -> dict[str, Any]:
 
 def tokenizer_json(model: Any, modality: str) -> bytes | None:
     """The bytes of the tokenizer.json the ``modality``'s ``hf-tokenizer`` preprocessor
-    reads, or None when it reads none."""
+    reads (:func:`mmcore.checkpoint.model_assets`: imported or loaded alike), or None when
+    it reads none."""
+    from mmcore.checkpoint import model_assets
+
     pre = model.spec.modalities[modality].preprocessor
     if pre is None or pre.type != "hf-tokenizer":
         return None
-    path = Path(pre.params["path"])
-    if not path.is_file():
-        raise CheckpointError(f"the {modality} preprocessor's tokenizer {path} no longer "
-                              "exists")
-    return path.read_bytes()
+    data = model_assets(model).get(f"modalities.{modality}.preprocessor.path")
+    if data is None:
+        raise CheckpointError(f"the {modality} preprocessor's tokenizer "
+                              f"{pre.params.get('path')} no longer exists")
+    return data
 
 
 def _write_tokenizer(model: Any, out: Path, context: int) -> None:
