@@ -57,6 +57,7 @@ from mmcore_diffusion.objectives import (
     example_diffusion,
     example_reconstruction,
 )
+from mmcore_diffusion.tasks import GenerationTask, ReconstructionTask
 
 __version__ = "0.2.0"
 
@@ -128,6 +129,15 @@ def register_generators(register: Register) -> None:
 
 
 @hookimpl
+def register_eval_tasks(register: Register) -> None:
+    register("reconstruction", ReconstructionTask,
+             summary="a codec's MSE and PSNR (dB, [0, 1] images) on the evaluation split")
+    register("generation", GenerationTask,
+             summary="text-to-image: colour/shape accuracy of K images per shapes prompt, "
+                     "judged by --classifier, seen vs held-out combinations")
+
+
+@hookimpl
 def register_presets(register: Register) -> None:
     register("stable-diffusion-v1", SPECS / "stable-diffusion-v1.yaml",
              summary="Stable Diffusion v1 architecture (U-Net 859.5M + VAE 83.7M + CLIP text "
@@ -138,3 +148,6 @@ def register_presets(register: Register) -> None:
     register("ldm-tiny", SPECS / "ldm-tiny.yaml",
              summary="tiny text-to-image latent diffusion on shapes (init the codec from an "
                      "ldm-tiny-codec run)")
+    register("shapes-classifier", SPECS / "shapes-classifier.yaml",
+             summary="judge of generated shapes: ViT with colour and shape heads trained on "
+                     "all 36 combinations (mmcore eval --task generation --classifier RUN)")

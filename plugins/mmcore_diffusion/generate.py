@@ -115,7 +115,8 @@ def slug(text: str) -> str:
 
 
 class LatentDiffusionGenerator:
-    """``mmcore generate`` for models whose fusion is a diffusion denoiser."""
+    """``mmcore generate`` for models whose fusion is a diffusion denoiser; also an image
+    generator for ``mmcore eval --task generation`` (:mod:`mmcore_diffusion.tasks`)."""
 
     def accepts(self, model: Any) -> bool:
         try:
@@ -126,6 +127,15 @@ class LatentDiffusionGenerator:
         # belongs to another generator
         condition = dict(model.tokenizers).get(denoiser.cfg.text)
         return bool(getattr(condition, "takes_prompts", True))
+
+    def images(self, model: Any, prompts: list[str], *, steps: int | None = None,
+               guidance: float | None = None, seed: int = 0,
+               progress: Progress | None = None) -> Tensor:
+        """One image per prompt ``(len(prompts), 3, S, S)`` in [0, 1], ``S`` the model's
+        image size; ``steps`` (default 50) and ``guidance`` (default: the denoiser's own);
+        the same ``seed`` gives the same images. ``progress`` advances once per step."""
+        return generate_images(model, list(prompts), steps=steps or 50, guidance=guidance,
+                               seed=seed, progress=progress)
 
     def run(self, model: Any, args: argparse.Namespace) -> int:
         reject_unused(args, UNUSED, "latent diffusion models")
@@ -139,9 +149,8 @@ class LatentDiffusionGenerator:
         with Progress(len(args.prompt) * steps, desc="denoising", unit="step") as bar:
             for k, prompt in enumerate(args.prompt):
                 try:
-                    images = generate_images(model, [prompt] * n, steps=steps,
-                                             guidance=args.guidance, seed=seed + k,
-                                             progress=bar)
+                    images = self.images(model, [prompt] * n, steps=steps,
+                                         guidance=args.guidance, seed=seed + k, progress=bar)
                 except ValueError as exc:
                     raise UsageError(str(exc)) from None
                 for i, image in enumerate(images):

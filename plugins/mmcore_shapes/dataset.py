@@ -3,6 +3,7 @@
 Item ``i`` of a split is a pure function of ``(seed, split, i)``. Some colour-shape
 combinations never appear in ``train``; the ``eval`` split holds exactly those, so
 zero-shot evaluation measures composition of seen colours and shapes into unseen pairs.
+With ``all_combinations: true`` every split draws from all of them (fresh images per split).
 
 With ``masks: true`` each item also holds a per-pixel segmentation target ``"mask"``:
 ``(S, S)`` int64, 0 for background and ``1 + colour index`` where the shape is (see
@@ -66,6 +67,9 @@ class ShapesConfig(ComponentConfig):
     #: also yield ``"colour"`` and ``"shape"``: the two factors of ``label`` as indices into
     #: ``COLOURS`` and ``SHAPES`` (for heads that learn them apart)
     factors: bool = False
+    #: draw every split from all colour-shape combinations (none held out), each split from
+    #: its own RNG stream: for a judge that must know every pair (``shapes-classifier``)
+    all_combinations: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ShapesConfig:
@@ -95,6 +99,12 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def caption(colour: str, shape: str, template: int = 0) -> str:
+    """The caption the data writes for a colour and a shape with ``CAPTIONS[template]``;
+    template 0 is the plain prompt, e.g. ``caption("orange", "star") == "an orange star"``."""
+    return CAPTIONS[template].format(a=_article(colour), colour=colour, shape=shape)
+
+
 class ShapesDataset:
     """Map-style: ``ds[i] -> {"image": PIL.Image, "text": str, "label": int}`` (plus
     ``"mask": (S, S) int64`` with ``masks: true``, ``"colour"`` and ``"shape"`` ints with
@@ -111,8 +121,11 @@ class ShapesDataset:
         unseen = held_out(cfg.holdout_per_colour)
         stream, which = SPLITS[cfg.split]
         self.stream = stream
-        self.labels = unseen if which == "unseen" else [
-            i for i in range(len(self.class_names)) if i not in unseen]
+        if cfg.all_combinations:
+            self.labels = list(range(len(self.class_names)))
+        else:
+            self.labels = unseen if which == "unseen" else [
+                i for i in range(len(self.class_names)) if i not in unseen]
         self.size = cfg.train_size if cfg.split == "train" else cfg.eval_size
 
     @classmethod
@@ -136,8 +149,7 @@ class ShapesDataset:
         colour, shape = self.class_names[label].split(" ")
         image, covered = render_with_mask(colour, shape, self.cfg.image_size, rng,
                                           self.cfg.noise, self.cfg.radius, mask=self.cfg.masks)
-        caption = CAPTIONS[int(rng.integers(len(CAPTIONS)))]
-        text = caption.format(a=_article(colour), colour=colour, shape=shape)
+        text = caption(colour, shape, int(rng.integers(len(CAPTIONS))))
         item: dict[str, Any] = {"image": image, "text": text, "label": label}
         if self.cfg.factors:
             item["colour"], item["shape"] = divmod(label, len(SHAPES))
