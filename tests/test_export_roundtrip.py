@@ -93,7 +93,10 @@ def test_imported_checkpoint_works_without_its_source_folder(
     model = mmcore.load(path).eval()
     stored = model.spec.modalities["text"].preprocessor.params["path"]
     assert Path(stored).parent.parent == _cache / "assets"
-    assert Path(stored).read_bytes() == (folder / "tokenizer.json").read_bytes()
+    assert (folder / "tokenizer_config.json").is_file()  # a sidecar: it travels along
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / name).is_file():
+            assert (Path(stored).parent / name).read_bytes() == (folder / name).read_bytes()
     assert model_assets(model) == {
         "modalities.text.preprocessor.path": (folder / "tokenizer.json").read_bytes()}
 
@@ -122,9 +125,16 @@ def _rewrite_assets(path: Path, edit: Any) -> Path:
     return path
 
 
-def _record(meta: dict[str, str], **changes: Any) -> dict[str, str]:
+LOCATION = "modalities.text.preprocessor.path"
+
+
+def _file(meta: dict[str, str], **changes: Any) -> dict[str, str]:
+    """The tokenizer.json record of the metadata with ``changes``; ``rename``: its name."""
     records = json.loads(meta[ASSETS_KEY])
-    records["modalities.text.preprocessor.path"].update(changes)
+    record = records[LOCATION]
+    item = record["files"].pop(record["name"])
+    name = changes.pop("rename", record["name"])
+    record["files"][name], record["name"] = {**item, **changes}, name
     return {**meta, ASSETS_KEY: json.dumps(records)}
 
 
@@ -134,10 +144,10 @@ def _moved(meta: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda m: _record(m, name="../../evil.json"), r"is not a plain file name"),
-    (lambda m: _record(m, data="tampered"), r"does not match its sha256"),
-    (lambda m: _record(m, encoding="base64", data="!!"), r"not valid base64"),
-    (lambda m: _record(m, sha256="x" * 64), r"is not a sha256"),
+    (lambda m: _file(m, rename="../../evil.json"), r"is not a plain file name"),
+    (lambda m: _file(m, data="tampered"), r"does not match its sha256"),
+    (lambda m: _file(m, encoding="base64", data="!!"), r"not valid base64"),
+    (lambda m: _file(m, sha256="x" * 64), r"is not a sha256"),
     (_moved, r"belongs to no asset: parameter"),
     (lambda m: {**m, ASSETS_KEY: "{oops"}, r"metadata 'assets' is not valid JSON"),
     (lambda m: {**m, ASSETS_KEY: "[1]"}, r"metadata 'assets' must be a JSON object"),
@@ -168,3 +178,87 @@ def test_a_model_without_files_embeds_nothing(tmp_path: Path) -> None:
     with safe_open(str(path), framework="pt") as fh:
         assert ASSETS_KEY not in fh.metadata()
     assert model_assets(mmcore.load(path)) == {}
+
+
+# -- (b) export round trips ---------------------------------------------------------------
+
+
+def same_state(a: Any, b: Any) -> None:
+    """Two models hold the same tensors (names, shapes, values: exactly)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sorted(sa) == sorted(sb)
+    for key, value in sa.items():
+        assert torch.equal(value, sb[key]), key
+
+
+def round_trip(capsys: pytest.CaptureFixture[str], folder: Path, fmt: str,
+               tmp_path: Path) -> tuple[Any, Path]:
+    """CLI: import ``folder`` -> checkpoint; export it as ``fmt``; import the export
+    again: -> (the loaded checkpoint, the export folder), the re-import checked equal."""
+    ckpt = tmp_path / "model.safetensors"
+    cli(capsys, "import", folder, "--out", ckpt)
+    out = tmp_path / "export"
+    cli(capsys, "export", ckpt, "--format", fmt, "--out", out)
+    again = tmp_path / "again.safetensors"
+    cli(capsys, "import", out, "--out", again)
+    model = mmcore.load(ckpt).eval()
+    same_state(model, mmcore.load(again))
+    return model, out
+
+
+LM_TEXTS = ["the cat sat", "a dog ran on the mat", "the the mat"]
+
+
+def lm_tokenizer(family: str, folder: Path) -> dict[str, Any]:
+    """Write a tiny tokenizer as the family ships one; -> the config ids it needs. Qwen2:
+    transformers' own Qwen2Tokenizer (byte-level BPE), which AutoTokenizer always uses for
+    qwen2 folders; LLaMA/Mistral: a word-level tokenizer.json whose <unk>, <s>, </s> are
+    special tokens, with LLaMA's BOS template."""
+    from test_llama import tiny_llama_tokenizer
+    from tokenizers import Tokenizer
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    if family == "qwen2":
+        alphabet = sorted(ByteLevel.alphabet())
+        vocab = {c: i for i, c in enumerate(alphabet)}
+        merges = [("t", "h"), ("th", "e"), ("a", "t"), ("Ġ", "c"), ("Ġc", "at")]
+        vocab.update({a + b: len(alphabet) + i for i, (a, b) in enumerate(merges)})
+        vocab["<|endoftext|>"] = len(vocab)
+        transformers.Qwen2Tokenizer(vocab=vocab, merges=merges).save_pretrained(folder)
+        return {"vocab_size": 300, "bos_token_id": None, "eos_token_id": len(vocab) - 1}
+    tiny_llama_tokenizer(folder / "tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return {}
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_lm_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                              family: str) -> None:
+    from test_llama import hf_model
+
+    source = tmp_path / "hf"
+    source.mkdir()
+    ids = lm_tokenizer(family, source)
+    extra = {"sliding_window": 64} if family == "mistral" else {}
+    hf_model(family, **extra, **ids).save_pretrained(source)
+    model, out = round_trip(capsys, source, "hf-llama", tmp_path)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json"}
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ours = model.preprocess("text", LM_TEXTS)
+    for row, text in enumerate(LM_TEXTS):
+        theirs = tokenizer(text)["input_ids"]
+        assert ours["ids"][row, : len(theirs)].tolist() == theirs
+        assert int(ours["mask"][row].sum()) == len(theirs)
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(back).__name__ == {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                                   "qwen2": "Qwen2ForCausalLM"}[family]
+    with torch.no_grad():
+        mine = model({"text": ours}).heads["lm"]
+        reference = back(input_ids=ours["ids"], attention_mask=ours["mask"].long()).logits
+    mask = ours["mask"]
+    torch.testing.assert_close(mine[mask], reference[mask], atol=1e-4, rtol=0)

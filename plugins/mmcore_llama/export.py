@@ -1,5 +1,7 @@
-"""mmcore LM -> a Hugging Face folder (config.json, model.safetensors, tokenizer.json when
-the model's text preprocessor has one) that ``transformers``' ``*ForCausalLM`` loads.
+"""mmcore LM -> a Hugging Face folder (config.json, model.safetensors and, when the
+model's text preprocessor reads a tokenizer.json, tokenizer.json + tokenizer_config.json +
+special_tokens_map.json) that ``transformers``' ``*ForCausalLM`` and ``AutoTokenizer``
+load. A model with the built-in ``bytes`` vocabulary exports its weights only.
 
 The family is chosen from the trunk: q/k/v biases only -> ``qwen2``; a sliding window ->
 ``mistral``; otherwise ``llama`` (whose ``attention_bias``/``mlp_bias`` cover the rest).
@@ -7,13 +9,11 @@ The family is chosen from the trunk: q/k/v biases only -> ``qwen2``; a sliding w
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from mmcore.convert import hf
+from mmcore.convert.hf_export import token_names, write_json, write_tokenizer, write_weights
 from mmcore.errors import CheckpointError
 from mmcore_llama.components import DecoderLM, DecoderLMConfig, LMEmbedding, LMHead
 from mmcore_llama.keys import FAMILIES, HEAD, HF_TO_MMCORE
@@ -97,16 +97,43 @@ def hf_config(embedding: LMEmbedding, trunk: DecoderLM, head: LMHead) -> dict[st
     return config
 
 
-def _tokenizer_file(model: Any, text: str) -> Path | None:
+def tokenizer_files(model: Any, text: str) -> dict[str, bytes]:
+    """The tokenizer.json the text preprocessor reads (``hf-tokenizer``, ``llava-chat``)
+    and the sidecars it came with (:func:`mmcore.assets.asset_files`), by file name; {}
+    for a model that reads none (the built-in ``bytes`` vocabulary)."""
+    from mmcore.assets import asset_files
+
+    files = asset_files(model).get(f"modalities.{text}.preprocessor.path", {})
+    if not files:
+        return {}
+    main = next(iter(files))
+    return {"tokenizer.json": files[main], **{k: v for k, v in files.items() if k != main}}
+
+
+def write_lm_tokenizer(model: Any, embedding: LMEmbedding, text: str, out: Path) -> bool:
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json for the LM's text:
+    the source's own files where the model carries them, else generated (special tokens
+    from the embedding's bos/eos/pad ids). False when the model reads no tokenizer.json
+    (a ``bytes`` vocabulary): the folder then holds the weights only."""
+    files = tokenizer_files(model, text)
+    if not files:
+        return False
+    content = files.pop("tokenizer.json")
+    ids = {"bos_token": embedding.cfg.bos_token_id, "eos_token": _first(embedding.cfg.eos_token_id),
+           "pad_token": embedding.cfg.pad_token_id}
     pre = model.preprocessors.get(text)
-    path = getattr(getattr(pre, "cfg", None), "path", None)
-    return Path(path) if path and Path(path).is_file() else None
+    write_tokenizer(out, content, token_names(content, ids), sidecars=files,
+                    model_max_length=getattr(pre, "context_length", None))
+    return True
+
+
+def _first(ids: int | list[int] | None) -> int | None:
+    return ids[0] if isinstance(ids, list) else ids
 
 
 def export_folder(model: Any, out: Path) -> None:
-    """Write ``model`` as an HF causal-LM folder at ``out`` (created; files overwritten)."""
-    import json
-
+    """Write ``model`` as an HF causal-LM folder at ``out`` (created; files overwritten):
+    config.json, model.safetensors and, when the model reads one, the tokenizer files."""
     embedding, trunk, head = lm_parts(model)
     config = hf_config(embedding, trunk, head)
     back = HF_TO_MMCORE.inverse(target="Hugging Face")
@@ -115,9 +142,6 @@ def export_folder(model: Any, out: Path) -> None:
              for k, v in model.state_dict().items() if not k.startswith("objectives.")}
     tensors = back.apply(state, source="the mmcore model")
     out.mkdir(parents=True, exist_ok=True)
-    (out / hf.CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-              str(out / hf.SAFETENSORS), metadata={"format": "pt"})
-    tokenizer = _tokenizer_file(model, trunk.cfg.text)
-    if tokenizer is not None:
-        shutil.copyfile(tokenizer, out / "tokenizer.json")
+    write_json(out / hf.CONFIG, config)
+    write_weights(out, tensors)
+    write_lm_tokenizer(model, embedding, trunk.cfg.text, out)

@@ -36,6 +36,9 @@ LLAVA_TEMPLATE = "USER: {prompt} ASSISTANT:"
 class LlavaChatConfig(ComponentConfig):
     #: parameters naming files a checkpoint embeds (mmcore.assets)
     asset_fields: ClassVar[tuple[str, ...]] = ("path",)
+    #: files beside it that travel with it (chat template, special tokens)
+    asset_sidecars: ClassVar[tuple[str, ...]] = ("tokenizer_config.json",
+                                                 "special_tokens_map.json")
     #: tokens each image fills (the vision tower's patch tokens, e.g. 576 for 336 px / 14)
     image_tokens: int = Field(gt=0)
     context_length: int = Field(2048, ge=2)

@@ -15,6 +15,8 @@ from mmcore.registry import ComponentConfig
 
 BYTE_BOS, BYTE_EOS, BYTE_PAD = 256, 257, 258
 BYTE_VOCAB = 259
+#: the files beside a tokenizer.json that a checkpoint carries with it (mmcore.assets)
+SIDECARS = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 class ByteTextConfig(ComponentConfig):
@@ -82,6 +84,8 @@ def read_tokenizer(path: str | Path) -> Any:
 class HFTokenizerConfig(ComponentConfig):
     #: parameters naming files a checkpoint embeds (mmcore.assets)
     asset_fields: ClassVar[tuple[str, ...]] = ("path",)
+    #: files beside it that travel with it (chat template, special tokens)
+    asset_sidecars: ClassVar[tuple[str, ...]] = SIDECARS
     path: str
     context_length: int = Field(77, ge=2)
     pad_token: str | None = None
