@@ -151,7 +151,7 @@ def embed(spec: Any, data: dict[str, Any], registry: Any = None) -> str | None:
     {"name": file, "files": {name: {"sha256", "encoding", "data"}}}}``), None when there
     are none. Files over :data:`ASSET_BYTES` in all are left as paths, with a warning."""
     records: dict[str, dict[str, Any]] = {}
-    total, limit = 0, ASSET_BYTES.value()
+    total, limit = 0, int(ASSET_BYTES.value())
     for location, files in _files(spec, data, registry):
         contents = {_safe_name(f.name): f.read_bytes() for f in files}
         total += sum(len(c) for c in contents.values())
@@ -239,7 +239,7 @@ def restore(data: dict[str, Any], meta: Mapping[str, str], path: Path) -> dict[s
     text = meta.get(ASSETS_KEY)
     if not text:
         return data
-    limit = ASSET_BYTES.value()
+    limit = int(ASSET_BYTES.value())
     decoded: dict[str, tuple[str, dict[str, bytes]]] = {}
     total = 0
     for location, record in _records(text, path, limit).items():
