@@ -119,7 +119,7 @@ def register_objectives(register: Register) -> None:
 def register_converters(register: Register) -> None:
     register("diffusers-sd", make_converter,
              summary="diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, "
-                     "tokenizer/, scheduler/), import")
+                     "tokenizer/, scheduler/, model_index.json), import and export")
 
 
 @hookimpl

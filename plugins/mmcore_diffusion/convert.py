@@ -2,7 +2,8 @@
 :mod:`mmcore.convert.hf` (config reading, safetensors only, strict key mapping).
 
 A folder holds ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/``.
-``unet/`` and ``vae/`` hold ``config.json`` and ``diffusion_pytorch_model.safetensors``.
+``unet/`` and ``vae/`` hold ``config.json`` and ``diffusion_pytorch_model.safetensors``
+(or its shards, listed by ``diffusion_pytorch_model.safetensors.index.json``).
 Configs are translated into :class:`UNetConfig` / :class:`VAEConfig`; every block type,
 class or option mmcore does not implement is refused by name (never approximated).
 """

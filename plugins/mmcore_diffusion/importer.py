@@ -82,7 +82,8 @@ def _text_modality(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 
 class DiffusersSDConverter:
-    """Reads a diffusers Stable Diffusion folder (import only)."""
+    """Reads and writes diffusers Stable Diffusion folders (export:
+    :mod:`mmcore_diffusion.export`)."""
 
     def detect(self, source: Path) -> bool:
         return source.is_dir() and all((source / p).is_dir() for p in ("unet", "vae")) and \
@@ -122,6 +123,13 @@ class DiffusersSDConverter:
                     "text": text},
                 "fusion": fusion}
         return spec, tensors
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        """Write ``model`` as a diffusers folder
+        (:func:`mmcore_diffusion.export.export_diffusers_sd`)."""
+        from mmcore_diffusion.export import export_diffusers_sd
+
+        export_diffusers_sd(model, Path(out))
 
 
 def make_converter() -> DiffusersSDConverter:
