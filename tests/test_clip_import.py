@@ -288,8 +288,8 @@ def test_export_of_a_built_model_round_trips(mm_model: Any, hf_folder: Path,
                                              tmp_path: Path) -> None:
     """mmcore -> HF folder -> mmcore: the same weights and outputs (no transformers)."""
     assert sorted(p.name for p in hf_folder.iterdir()) == [
-        "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
-        "tokenizer_config.json"]
+        "config.json", "model.safetensors", "preprocessor_config.json",
+        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     back = import_model(hf_folder).eval()
     for name, value in mm_model.state_dict().items():
         assert torch.equal(back.state_dict()[name], value), name

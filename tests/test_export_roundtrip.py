@@ -262,3 +262,52 @@ def test_lm_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path
         reference = back(input_ids=ours["ids"], attention_mask=ours["mask"].long()).logits
     mask = ours["mask"]
     torch.testing.assert_close(mine[mask], reference[mask], atol=1e-4, rtol=0)
+
+
+def test_clip_export_round_trip(capsys: pytest.CaptureFixture[str], hf_clip: tuple[Any, Path],
+                                tmp_path: Path) -> None:
+    hf, folder = hf_clip
+    copy = tmp_path / "source"
+    shutil.copytree(folder, copy)
+    model, out = round_trip(capsys, copy, "hf-clip", tmp_path)
+    shutil.rmtree(copy)  # the export needs nothing from the source folder
+    back = transformers.CLIPModel.from_pretrained(out).eval()
+    for name, value in hf.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    encoded = tokenizer(TEXTS, padding="max_length", max_length=CONTEXT, truncation=True,
+                        return_tensors="pt")
+    assert torch.equal(model.preprocess("text", TEXTS)["ids"], encoded["input_ids"])
+    images = pixels(seed=7)
+    ours = mm_outputs(model, images, TEXTS)
+    theirs = hf_outputs(back, images, encoded["input_ids"], encoded["attention_mask"])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_byte_text_clip_exports_an_equivalent_tokenizer(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A CLIP trained from scratch with byte-text: the export's tokenizer.json gives
+    byte-text's ids in transformers, and the folder imports back to the same weights."""
+    model = mmcore.build("clip-tiny").eval()
+    ckpt = mmcore.save(model, tmp_path / "clip-tiny.safetensors")
+    out = tmp_path / "export"
+    cli(capsys, "export", ckpt, "--format", "hf-clip", "--out", out)
+    again = tmp_path / "again.safetensors"
+    cli(capsys, "import", out, "--out", again)
+    reimported = mmcore.load(again).eval()
+    same_state(model, reimported)
+    texts = ["A red Circle", "ünïcode text", "", "x" * 80]
+    length = model.preprocessors["text"].context_length
+    ours = model.preprocess("text", texts)
+    encoded = transformers.AutoTokenizer.from_pretrained(out)(
+        texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    assert torch.equal(ours["ids"][:3], encoded["input_ids"][:3])
+    assert torch.equal(ours["mask"], encoded["attention_mask"].bool())
+    assert torch.equal(reimported.preprocess("text", texts)["ids"], ours["ids"])
+    back = transformers.CLIPModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        theirs = back.get_text_features(input_ids=ours["ids"],
+                                        attention_mask=ours["mask"].long()).pooler_output
+        mine = model.embed("text", ours)
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)

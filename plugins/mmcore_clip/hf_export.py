@@ -1,7 +1,8 @@
 """mmcore CLIP -> a Hugging Face ``CLIPModel`` folder that ``from_pretrained`` loads.
 
 Writes ``config.json`` (from the spec), ``model.safetensors`` (HF keys), the tokenizer
-files the text preprocessor reads (copied) and ``preprocessor_config.json``. A model whose
+files (the ``hf-tokenizer``'s own, carried by the model; for ``byte-text`` an equivalent
+tokenizer.json) and ``preprocessor_config.json``. A model whose
 spec is not CLIP's shape (pre-norm ViT with CLS + causal text transformer pooled at the
 EOT, late fusion with bias-free projections, a softmax contrastive objective) is refused
 with every difference listed.
@@ -11,17 +12,17 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from mmcore.checkpoint import atomic_write, save_tensors
+from mmcore.convert.hf_export import write_tokenizer
 from mmcore.errors import CheckpointError
 from mmcore_clip.hf_clip import HF_ACTS, mmcore_to_hf_clip
 from mmcore_clip.hf_config import LEGACY_EOS_ID, ClipConfig
-from mmcore_clip.sidecars import EOT, SOT, TOKENIZER_JSON, TOKENIZER_SIDECARS
+from mmcore_clip.sidecars import EOT, SOT
 
 #: (component path, registered type) the export needs
 _TYPES = (("modalities.image.tokenizer", "patch-embedding"), ("modalities.image.encoder", "vit"),
@@ -171,25 +172,39 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _copy_tokenizer(spec: Any, out: Path) -> None:
-    """Copy tokenizer.json and its sidecar files when the text preprocessor reads one."""
+def _write_tokenizer(model: Any, spec: Any, out: Path) -> None:
+    """The tokenizer files: an ``hf-tokenizer``'s tokenizer.json with the sidecars the model
+    carries (:func:`mmcore.assets.asset_files`; a tokenizer_config.json is generated when
+    there is none), or for ``byte-text`` an equivalent tokenizer.json. Other text
+    preprocessors: none (the folder holds the weights; importing it needs a tokenizer.json)."""
+    from mmcore.assets import asset_files
+    from mmcore_text.preprocess import BYTE_SPECIAL, byte_text_tokenizer_json
+
     pre = spec.modalities["text"].preprocessor
+    if pre is not None and pre.type == "byte-text":
+        params = _params("preprocessor", pre)
+        write_tokenizer(out, byte_text_tokenizer_json(params.lowercase), BYTE_SPECIAL,
+                        model_max_length=params.context_length)
+        return
     if pre is None or pre.type != "hf-tokenizer":
         return
-    source = Path(pre.params["path"])
-    if not source.is_file():
-        raise CheckpointError(f"the text preprocessor's tokenizer {source} no longer exists")
-    shutil.copyfile(source, out / TOKENIZER_JSON)
-    for name in TOKENIZER_SIDECARS:
-        if (source.parent / name).is_file():
-            shutil.copyfile(source.parent / name, out / name)
-    if not (out / "tokenizer_config.json").is_file():
-        _write_json(out / "tokenizer_config.json", _tokenizer_config(pre.params, source))
+    files = asset_files(model).get("modalities.text.preprocessor.path")
+    if not files:
+        raise CheckpointError(f"the text preprocessor's tokenizer {pre.params['path']} no "
+                              "longer exists (and the model does not carry it)")
+    content, *_ = files.values()
+    sidecars = dict(list(files.items())[1:])
+    special = {} if "tokenizer_config.json" in sidecars else _tokenizer_config(pre.params,
+                                                                              content)
+    cls = special.pop("tokenizer_class", "CLIPTokenizer")
+    length = special.pop("model_max_length", None)
+    write_tokenizer(out, content, special, sidecars=sidecars, tokenizer_class=cls,
+                    model_max_length=length)
 
 
-def _tokenizer_config(params: dict[str, Any], source: Path) -> dict[str, Any]:
+def _tokenizer_config(params: dict[str, Any], content: bytes) -> dict[str, Any]:
     """A minimal tokenizer_config.json: CLIPTokenizer for BPE vocabularies."""
-    model_type = json.loads(source.read_text(encoding="utf-8")).get("model", {}).get("type")
+    model_type = json.loads(content).get("model", {}).get("type")
     eos = params.get("eos_token") or EOT
     return {"tokenizer_class": "CLIPTokenizer" if model_type == "BPE" else
             "PreTrainedTokenizerFast", "model_max_length": params["context_length"],
@@ -224,5 +239,5 @@ def export_hf_clip(model: Any, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(tensors, out / "model.safetensors", {"format": "pt"})
     _write_json(out / "config.json", cfg.to_hf())
-    _copy_tokenizer(spec, out)
+    _write_tokenizer(model, spec, out)
     _write_json(out / "preprocessor_config.json", _image_processor(spec))

@@ -69,6 +69,44 @@ class ByteTextPreprocessor:
         return _pack(rows, self.cfg.context_length, BYTE_PAD, BYTE_EOS)
 
 
+#: byte-text's special tokens in the equivalent tokenizer.json
+BYTE_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+
+def _byte_table() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, as the ByteLevel pre-tokenizer uses it."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(keep, map(chr, chars), strict=True))
+
+
+def byte_text_tokenizer_json(lowercase: bool = True) -> bytes:
+    """A Hugging Face tokenizer.json that encodes as ``byte-text`` does: ids 0-255 are the
+    UTF-8 bytes (byte-level pre-tokenizer, no merges), ``<s>`` 256 and ``</s>`` 257 frame
+    each text, ``<pad>`` is 258; ``lowercase`` as the preprocessor's (equal on ASCII; a
+    few non-ASCII characters lowercase differently in Python and in ``tokenizers``).
+    Exports write it so that transformers' tokenizer gives byte-text's ids."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab = {char: byte for byte, char in _byte_table().items()}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(BYTE_SPECIAL.values()))
+    bos, eos = BYTE_SPECIAL["bos_token"], BYTE_SPECIAL["eos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, BYTE_BOS), (eos, BYTE_EOS)])
+    return tokenizer.to_str().encode("utf-8")
+
+
 def read_tokenizer(path: str | Path) -> Any:
     """A ``tokenizers`` Tokenizer from a tokenizer.json; ValueError naming the file for one
     that is not a tokenizer (``tokenizers`` raises a bare ``Exception: expected ident``)."""
