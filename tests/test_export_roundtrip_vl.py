@@ -125,11 +125,19 @@ def test_blip_retrieval_round_trip(tmp_path: Path) -> None:
     _same_state(import_model(out), model)
 
 
-def test_blip_captioning_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tied", [True, False])
+def test_blip_captioning_round_trip(tmp_path: Path, tied: bool) -> None:
     _blip("BlipForConditionalGeneration", tmp_path / "hf")
     model = import_model(tmp_path / "hf").eval()
+    if not tied:  # a fine-tuned output projection apart from the word embeddings
+        with torch.no_grad():
+            weight = model.objectives["lm"].head.decoder.weight
+            weight.add_(0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(4)))
     out = _exported(model, tmp_path, "hf-blip")
     reference = transformers.BlipForConditionalGeneration.from_pretrained(out).eval()
+    head = reference.text_decoder.cls.predictions
+    assert torch.equal(head.decoder.weight,
+                       reference.text_decoder.bert.embeddings.word_embeddings.weight) == tied
     text = model.preprocessors["text"](TEXTS)
     ids, mask = text["ids"], text["mask"]
     pixels = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(2))

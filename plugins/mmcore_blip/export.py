@@ -174,6 +174,9 @@ def hf_state(model: Any, parts: dict[str, Any], arch: str) -> dict[str, Tensor]:
     state["tokenizers.image.positions.weight"] = positions.reshape(1, -1, width)
     keys = RETRIEVAL_KEYS if arch == RETRIEVAL else CAPTIONING_KEYS
     out = keys.inverse(target="Hugging Face BLIP").apply(state, source="the mmcore model")
+    if arch == CAPTIONING:  # HF ties it to predictions.bias only with tied embeddings
+        out["text_decoder.cls.predictions.decoder.bias"] = \
+            out["text_decoder.cls.predictions.bias"]
     return {k: v.clone().contiguous() for k, v in out.items()}  # no shared storage
 
 
