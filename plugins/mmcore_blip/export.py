@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmcore.checkpoint import atomic_write, save_tensors
 from mmcore.convert import hf
+from mmcore.convert.hf_export import TOKENIZER_JSON, write_json, write_tokenizer, write_weights
 from mmcore.errors import CheckpointError
 from mmcore_blip.convert import (
     CAPTIONING,
@@ -188,11 +188,6 @@ def tied(tensors: dict[str, Tensor]) -> bool:
     return decoder is not None and words is not None and torch.equal(decoder, words)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def _image_processor(spec: Any, size: int) -> dict[str, Any]:
     pre = spec.modalities["image"].preprocessor
     params = _params("preprocessor", pre) if pre is not None and pre.type == "image" else None
@@ -204,32 +199,32 @@ def _image_processor(spec: Any, size: int) -> dict[str, Any]:
             "image_std": std, "do_convert_rgb": True}
 
 
-def tokenizer_json(model: Any, modality: str) -> bytes | None:
-    """The bytes of the tokenizer.json the ``modality``'s ``hf-tokenizer`` preprocessor
-    reads (:func:`mmcore.checkpoint.model_assets`: imported or loaded alike), or None when
-    it reads none."""
-    from mmcore.checkpoint import model_assets
+def tokenizer_files(model: Any) -> dict[str, bytes]:
+    """The tokenizer.json the text preprocessor reads (``hf-tokenizer``) and the sidecars
+    it came with (:func:`mmcore.assets.asset_files`: embedded in a checkpoint or beside an
+    imported folder's file), by file name; {} for a model that reads none."""
+    from mmcore.assets import asset_files
 
-    pre = model.spec.modalities[modality].preprocessor
+    pre = model.spec.modalities["text"].preprocessor
     if pre is None or pre.type != "hf-tokenizer":
-        return None
-    data = model_assets(model).get(f"modalities.{modality}.preprocessor.path")
-    if data is None:
-        raise CheckpointError(f"the {modality} preprocessor's tokenizer "
-                              f"{pre.params.get('path')} no longer exists")
-    return data
+        return {}
+    files = asset_files(model).get("modalities.text.preprocessor.path", {})
+    if not files:
+        raise CheckpointError(f"the text preprocessor's tokenizer {pre.params.get('path')} "
+                              "no longer exists")
+    main = next(iter(files))
+    return {TOKENIZER_JSON: files[main], **{k: v for k, v in files.items() if k != main}}
 
 
 def _write_tokenizer(model: Any, out: Path, context: int) -> None:
-    """tokenizer.json (when the text preprocessor reads one) and a tokenizer_config.json
-    that loads it as it is (ids as the mmcore preprocessor gives them)."""
-    data = tokenizer_json(model, "text")
-    if data is None:
+    """tokenizer.json with the source's tokenizer_config.json / special_tokens_map.json, or
+    generated ones that load it as it is (ids as the mmcore preprocessor gives them)."""
+    files = tokenizer_files(model)
+    if not files:
         return
-    atomic_write(out / "tokenizer.json", lambda tmp: Path(tmp).write_bytes(data))
-    _write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context,
-        **special_tokens(data)})
+    content = files.pop(TOKENIZER_JSON)
+    write_tokenizer(out, content, special_tokens(content), sidecars=files,
+                    model_max_length=context)
 
 
 def special_tokens(data: bytes) -> dict[str, str]:
@@ -260,8 +255,8 @@ def export_hf_blip(model: Any, out: Path) -> None:
             tied(tensors)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, out / hf.SAFETENSORS, {"format": "pt"})
-    _write_json(out / hf.CONFIG, config)
-    _write_json(out / "preprocessor_config.json",
+    write_weights(out, tensors)
+    write_json(out / hf.CONFIG, config)
+    write_json(out / "preprocessor_config.json",
                 _image_processor(spec, parts["patch"].image_size))
     _write_tokenizer(model, out, parts["embed"].max_length)

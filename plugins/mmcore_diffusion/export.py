@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mmcore.checkpoint import atomic_write, save_tensors
 from mmcore.convert import hf
+from mmcore.convert.hf_export import write_json
 from mmcore.errors import CheckpointError
 from mmcore_clip.hf_clip import HF_TO_MMCORE as CLIP_KEYS
 from mmcore_diffusion.clip_bpe import BOS, EOS
@@ -153,11 +154,6 @@ def hf_weights(model: Any) -> dict[str, dict[str, Tensor]]:
             for name, part in (("unet", unet), ("vae", vae), ("text_encoder", encoder))}
 
 
-def _write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
@@ -217,17 +213,17 @@ def export_diffusers_sd(model: Any, out: Path) -> None:
     save_tensors(weights["vae"], out / "vae" / WEIGHTS, {"format": "pt"})
     save_tensors(weights["text_encoder"], out / "text_encoder" / hf.SAFETENSORS,
                  {"format": "pt"})
-    _write_json(out / "unet" / hf.CONFIG, unet_config(fusion))
-    _write_json(out / "vae" / hf.CONFIG, vae_config(p["codec"], image_size))
-    _write_json(out / "text_encoder" / hf.CONFIG, text_cfg)
+    write_json(out / "unet" / hf.CONFIG, unet_config(fusion))
+    write_json(out / "vae" / hf.CONFIG, vae_config(p["codec"], image_size))
+    write_json(out / "text_encoder" / hf.CONFIG, text_cfg)
     _write_bytes(out / "tokenizer" / "vocab.json", vocab)
     _write_bytes(out / "tokenizer" / "merges.txt", merges)
     special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS,
                "pad_token": pre["pad_token"]}
-    _write_json(out / "tokenizer" / "tokenizer_config.json",
+    write_json(out / "tokenizer" / "tokenizer_config.json",
                 {"tokenizer_class": "CLIPTokenizer",
                  "model_max_length": pre["context_length"], **special})
-    _write_json(out / "tokenizer" / "special_tokens_map.json", special)
+    write_json(out / "tokenizer" / "special_tokens_map.json", special)
     scheduler = dict(fusion["scheduler"])
-    _write_json(out / "scheduler" / SCHEDULER_CONFIG, scheduler)
-    _write_json(out / "model_index.json", model_index(str(scheduler.get("_class_name"))))
+    write_json(out / "scheduler" / SCHEDULER_CONFIG, scheduler)
+    write_json(out / "model_index.json", model_index(str(scheduler.get("_class_name"))))

@@ -13,17 +13,17 @@ named. The vocabulary is split as the import joins it: ids below the ``<image>``
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from mmcore.checkpoint import atomic_write, save_tensors
 from mmcore.convert import hf
+from mmcore.convert.hf_export import token_names, write_json, write_tokenizer, write_weights
 from mmcore.errors import CheckpointError
 from mmcore_flamingo.convert import HEAD, HF_TO_MMCORE, IMAGE, TEXT, spec_from_idefics_config
+from mmcore_llama.export import tokenizer_files
 
 #: component paths the comparison leaves out (the tokenizer file is copied, not compared)
 _SKIPPED = ("modalities.text.preprocessor",)
@@ -142,27 +142,6 @@ def hf_state(model: Any, config: dict[str, Any]) -> dict[str, Tensor]:
     return {k: v.clone().contiguous() for k, v in out.items()}
 
 
-def _write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def tokenizer_json(model: Any, modality: str) -> bytes | None:
-    """The bytes of the tokenizer.json the ``modality``'s ``hf-tokenizer`` preprocessor
-    reads (:func:`mmcore.checkpoint.model_assets`: imported or loaded alike), or None when
-    it reads none."""
-    from mmcore.checkpoint import model_assets
-
-    pre = model.spec.modalities[modality].preprocessor
-    if pre is None or pre.type != "hf-tokenizer":
-        return None
-    data = model_assets(model).get(f"modalities.{modality}.preprocessor.path")
-    if data is None:
-        raise CheckpointError(f"the {modality} preprocessor's tokenizer "
-                              f"{pre.params.get('path')} no longer exists")
-    return data
-
-
 def export_hf_idefics(model: Any, out: Path) -> None:
     """Write ``model`` as a transformers IdeficsForVisionText2Text folder at ``out``."""
     spec = getattr(model, "spec", None)
@@ -172,11 +151,12 @@ def export_hf_idefics(model: Any, out: Path) -> None:
     tensors = hf_state(model, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, out / hf.SAFETENSORS, {"format": "pt"})
-    _write_json(out / hf.CONFIG, config)
-    data = tokenizer_json(model, TEXT)
-    if data is not None:
-        atomic_write(out / "tokenizer.json", lambda tmp: Path(tmp).write_bytes(data))
-        _write_json(out / "tokenizer_config.json",
-                    {"tokenizer_class": "PreTrainedTokenizerFast",
-                     "model_max_length": config["max_position_embeddings"]})
+    write_weights(out, tensors)
+    write_json(out / hf.CONFIG, config)
+    files = tokenizer_files(model, TEXT)  # the source's, embedded in a checkpoint
+    if files:
+        content = files.pop("tokenizer.json")
+        ids = {k.removesuffix("_id"): config[k]
+               for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        write_tokenizer(out, content, token_names(content, ids), sidecars=files,
+                        model_max_length=config["max_position_embeddings"])

@@ -11,15 +11,14 @@ differences named.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mmcore.checkpoint import atomic_write, save_tensors
 from mmcore.convert import hf
+from mmcore.convert.hf_export import write_json, write_weights
 from mmcore.errors import CheckpointError
 from mmcore_perceiver.hf_convert import HEAD, MASKED_LM, masked_lm_keys, masked_lm_spec
 
@@ -100,11 +99,6 @@ def hf_state(model: Any) -> dict[str, Tensor]:
     return {k: v.clone().contiguous() for k, v in out.items()}
 
 
-def _write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def export_hf_perceiver(model: Any, out: Path) -> None:
     """Write ``model`` as a transformers PerceiverForMaskedLM folder at ``out``."""
     spec = getattr(model, "spec", None)
@@ -114,9 +108,9 @@ def export_hf_perceiver(model: Any, out: Path) -> None:
     tensors = hf_state(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, out / hf.SAFETENSORS, {"format": "pt"})
-    _write_json(out / hf.CONFIG, config)
+    write_weights(out, tensors)
+    write_json(out / hf.CONFIG, config)
     # the byte-level tokenizer has no vocabulary file: its class and length are all it needs
-    _write_json(out / "tokenizer_config.json",
+    write_json(out / "tokenizer_config.json",
                 {"tokenizer_class": "PerceiverTokenizer",
                  "model_max_length": config["max_position_embeddings"]})
