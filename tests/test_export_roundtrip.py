@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -311,3 +312,44 @@ def test_byte_text_clip_exports_an_equivalent_tokenizer(
                                         attention_mask=ours["mask"].long()).pooler_output
         mine = model.embed("text", ours)
     torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+
+
+def test_whisper_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from mmcore_whisper.testing import audio_features, write_random_whisper
+    from mmcore_whisper.transcribe import encode, whisper_head
+
+    source = tmp_path / "hf"
+    hf = write_random_whisper(source)
+    model, out = round_trip(capsys, source, "hf-whisper", tmp_path)
+    again = mmcore.load(tmp_path / "again.safetensors")
+    tokens = {k: v for k, v in again.spec.heads["decoder"].params["tokens"].items()
+              if k != "tokenizer"}
+    assert tokens == {k: v for k, v in model.spec.heads["decoder"].params["tokens"].items()
+                      if k != "tokenizer"}
+    back = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()
+    assert sorted(back.state_dict()) == sorted(hf.state_dict())
+    for name, value in hf.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["lang_to_id"] == hf.generation_config.lang_to_id
+
+    features = audio_features(2)
+    prompt = torch.tensor([[257, 258, 262, 266, 40, 41], [257, 259, 261, 266, 50, 51]])
+    head = whisper_head(model)
+    with torch.no_grad():
+        theirs = back(input_features=features, decoder_input_ids=prompt).logits
+        mine = head.decode(prompt, encode(model, head, features))
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(str(source / "tokenizer.json"))
+    for text in ["hello world", "<|en|><|transcribe|> x"]:
+        assert tokenizer(text)["input_ids"] == reference.encode(text).ids
+    extractor = transformers.WhisperFeatureExtractor.from_pretrained(out)
+    wave = np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 0.1
+    ours = model.preprocess("audio", [(wave, 16_000)])
+    ours = ours["features"] if isinstance(ours, dict) else ours
+    ref = extractor(wave, sampling_rate=16_000, return_tensors="pt")["input_features"]
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)

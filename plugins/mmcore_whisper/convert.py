@@ -259,7 +259,7 @@ def whisper_to_mmcore(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 class HFWhisperConverter:
-    """``hf-whisper``: a Hugging Face Whisper folder (any size, .en included)."""
+    """``hf-whisper``: a Hugging Face Whisper folder (any size, .en included), in and out."""
 
     def detect(self, source: Path) -> bool:
         return source.is_dir() and hf.config_model_type(source) == "whisper"
@@ -269,6 +269,11 @@ class HFWhisperConverter:
         config = hf.read_config(source)
         spec = spec_from_folder(source, config)
         return spec, whisper_to_mmcore(read_weights(source))
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        from mmcore_whisper.export import export_folder
+
+        export_folder(model, Path(out))
 
 
 def make_converter() -> HFWhisperConverter:
