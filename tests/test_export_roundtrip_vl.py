@@ -153,13 +153,20 @@ def test_blip_captioning_round_trip(tmp_path: Path, tied: bool) -> None:
     _same_state(import_model(out), model)
 
 
-def test_blip_with_three_modes_is_refused(tmp_path: Path) -> None:
+def test_blip_with_three_modes_is_refused(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     import mmcore
     from mmcore.builder import build
 
     model = build(mmcore.load_spec("blip-tiny"))
     with pytest.raises(CheckpointError, match=r"fusion modes .* are neither"):
         export_model(model, tmp_path / "out", "hf-blip")
+    ckpt = save(model, tmp_path / "blip.safetensors")
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--format", "hf-blip", "--out",
+                 str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "cannot export to hf-blip: fusion modes" in err and "\n" not in err
 
 
 # -- Perceiver ----------------------------------------------------------------------------
