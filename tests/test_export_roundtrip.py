@@ -353,3 +353,52 @@ def test_whisper_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path:
     ours = ours["features"] if isinstance(ours, dict) else ours
     ref = extractor(wave, sampling_rate=16_000, return_tensors="pt")["input_features"]
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+
+
+def llava_tokenizer(path: Path, image_id: int, vocab_size: int) -> None:
+    """A word-level tokenizer.json with <unk> <s> </s> and <image> at ``image_id`` as
+    special tokens, LLaMA's BOS template, and the words of the chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = ["USER", "ASSISTANT", ":", "the", "cat", "sat", "on", "a", "mat", "what", "?"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size) if i != image_id})
+    vocab["<image>"] = image_id
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>", "<image>"])
+    tokenizer.save(str(path))
+
+
+def test_llava_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from test_llava_import import IMAGE_ID, PATCHES, VOCAB, hf_llava, prompts
+
+    source = tmp_path / "hf"
+    hf = hf_llava()
+    hf.save_pretrained(source)
+    llava_tokenizer(source / "tokenizer.json", IMAGE_ID, VOCAB)
+    model, out = round_trip(capsys, source, "hf-llava", tmp_path)
+    back = transformers.LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert sorted(back.state_dict()) == sorted(hf.state_dict())
+    for name, value in hf.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    for prompt in ["the cat sat", "what ? a mat"]:
+        ours = model.preprocess("text", [prompt])
+        theirs = tokenizer(f"USER: {prompt} ASSISTANT:")["input_ids"]
+        assert ours["ids"][0, : int(ours["mask"][0].sum())].tolist() == theirs
+    batch = model.preprocess("text", ["<image> what ? the cat"])
+    assert int((batch["ids"] == IMAGE_ID).sum()) == PATCHES
+    images = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    ids, mask = prompts()
+    pixels = images.expand(2, -1, -1, -1)
+    with torch.no_grad():
+        for text, image in ((batch, images), ({"ids": ids, "mask": mask}, pixels)):
+            mine = model({"image": image, "text": text}).heads["lm"]
+            ref = back(input_ids=text["ids"], attention_mask=text["mask"].long(),
+                       pixel_values=image).logits
+            real = text["mask"]
+            torch.testing.assert_close(mine[real], ref[real], atol=1e-4, rtol=0)

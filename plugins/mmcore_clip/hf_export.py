@@ -212,7 +212,7 @@ def _tokenizer_config(params: dict[str, Any], content: bytes) -> dict[str, Any]:
             "pad_token": params.get("pad_token") or eos}
 
 
-def _image_processor(spec: Any) -> dict[str, Any]:
+def image_processor_config(spec: Any) -> dict[str, Any]:
     """preprocessor_config.json for transformers' CLIPImageProcessor."""
     pre = spec.modalities["image"].preprocessor
     image = spec.modalities["image"].tokenizer.params["image_size"]
@@ -240,4 +240,4 @@ def export_hf_clip(model: Any, out: Path) -> None:
     save_tensors(tensors, out / "model.safetensors", {"format": "pt"})
     _write_json(out / "config.json", cfg.to_hf())
     _write_tokenizer(model, spec, out)
-    _write_json(out / "preprocessor_config.json", _image_processor(spec))
+    _write_json(out / "preprocessor_config.json", image_processor_config(spec))

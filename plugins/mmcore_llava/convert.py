@@ -160,7 +160,7 @@ def tensors_from_folder(folder: Path, tied: bool) -> dict[str, Tensor]:
 
 
 class HFLlavaConverter:
-    """``hf-llava``: LLaVA-1.5-style folders, in."""
+    """``hf-llava``: LLaVA-1.5-style folders, in and out."""
 
     def detect(self, source: Path) -> bool:
         return (Path(source).is_dir() and hf.config_model_type(Path(source)) == "llava"
@@ -173,3 +173,8 @@ class HFLlavaConverter:
                                   "folder with config.json and model.safetensors)")
         spec = spec_from_llava_config(hf.read_config(source), source)
         return spec, tensors_from_folder(source, spec["heads"][HEAD]["tied"])
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        from mmcore_llava.export import export_folder
+
+        export_folder(model, Path(out))
