@@ -1,6 +1,7 @@
 """Objectives of latent diffusion: ``diffusion`` (noise or v prediction under a schedule,
 with conditioning dropout for classifier-free guidance) and ``reconstruction`` (a codec's
-pixel MSE plus a KL term; it reports PSNR).
+pixel MSE plus a KL term; it reports PSNR). A codec with ``auxiliary_terms(posterior) ->
+{"loss": ..., name: metric}`` (a VQ-VAE) has that loss added and the rest logged.
 
 Both corrupt or decode the model's input, so both work through ``prepare(batch, tokens)``
 (see :class:`mmcore.contract.Objective`); ``forward`` reads what ``prepare`` left in
@@ -115,7 +116,11 @@ class Reconstruction(Objective):
         target = batch[self.cfg.image].to(latents.x.device)
         kl = latents.posterior.kl() if latents.posterior is not None \
             else recon.new_zeros(len(recon))
-        return tokens, {"reconstruction": recon, "target": target, "kl": kl}
+        # a codec's own terms (a VQ codec: commitment/codebook ``loss``, usage, perplexity)
+        terms = getattr(latents.codec, "auxiliary_terms", None)
+        extra = terms(latents.posterior) if callable(terms) and latents.posterior is not None \
+            else {}
+        return tokens, {"reconstruction": recon, "target": target, "kl": kl, "extra": extra}
 
     def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         state = output.prepared
@@ -124,8 +129,10 @@ class Reconstruction(Objective):
                              "through MultimodalModel.loss(batch)")
         mse = F.mse_loss(state["reconstruction"], state["target"])
         kl = state["kl"].mean()
-        return {"loss": mse + self.cfg.kl_weight * kl, "mse": mse.detach(), "kl": kl.detach(),
-                "psnr": psnr(mse.detach())}
+        extra = dict(state.get("extra") or {})
+        loss = mse + self.cfg.kl_weight * kl + extra.pop("loss", 0.0)
+        return {"loss": loss, "mse": mse.detach(), "kl": kl.detach(),
+                "psnr": psnr(mse.detach()), **{k: v.detach() for k, v in extra.items()}}
 
 
 def build_reconstruction(cfg: ReconstructionConfig, ctx: BuildContext) -> Reconstruction:
