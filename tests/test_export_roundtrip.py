@@ -402,3 +402,33 @@ def test_llava_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: P
                        pixel_values=image).logits
             real = text["mask"]
             torch.testing.assert_close(mine[real], ref[real], atol=1e-4, rtol=0)
+
+
+def test_clap_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from test_clap import FEATURES, tiny_hf_clap, waveforms
+
+    source = tmp_path / "hf"
+    hf = tiny_hf_clap(source)
+    model, out = round_trip(capsys, source, "hf-clap", tmp_path)
+    back = transformers.ClapModel.from_pretrained(out).eval()
+    for name, value in hf.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    texts = ["the sound of a dog barking", "rain", "a cat meowing loudly on a window"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    length = model.preprocessors["text"].context_length
+    encoded = tokenizer(texts, padding="max_length", max_length=length, truncation=True,
+                        return_tensors="pt")
+    ours = model.preprocess("text", texts)
+    assert torch.equal(ours["ids"], encoded["input_ids"])
+    extractor = transformers.ClapFeatureExtractor.from_pretrained(out)
+    assert {k: extractor.to_dict()[k] for k in FEATURES} == {
+        k: transformers.ClapFeatureExtractor(**FEATURES).to_dict()[k] for k in FEATURES}
+    features = extractor(waveforms(), sampling_rate=8000, return_tensors="pt")["input_features"]
+    audio = model.preprocess("audio", waveforms())
+    torch.testing.assert_close(audio, features[:, 0], atol=1e-4, rtol=0)
+    with torch.no_grad():
+        output = model({"audio": audio, "text": ours})
+        per_audio, _ = model.objectives["contrastive"].logits(output)
+        expected = back(input_ids=ours["ids"], attention_mask=ours["mask"].long(),
+                        input_features=features)
+    torch.testing.assert_close(per_audio, expected.logits_per_audio, atol=1e-4, rtol=0)

@@ -287,3 +287,8 @@ class HFClapConverter:
         except KeyError as exc:
             raise CheckpointError(f"{source}: {exc}") from None
 
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        from mmcore_clap.export import export_folder
+
+        export_folder(model, Path(out))
+
