@@ -45,8 +45,8 @@ def _params(spec: Any) -> dict[str, Any]:
         raise CheckpointError("cannot export to hf-clap: " + "; ".join(wrong))
     out = {path: params_of(get_registry(), refs[path][0], refs[path][1]) for path, _ in _TYPES}
     out["objective"] = objectives[0]
-    out["init_temperature"] = params_of(get_registry(), "objective",
-                                        spec.objectives[objectives[0]]).init_temperature
+    objective: Any = params_of(get_registry(), "objective", spec.objectives[objectives[0]])
+    out["init_temperature"] = objective.init_temperature
     return out
 
 
