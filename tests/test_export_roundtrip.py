@@ -432,3 +432,39 @@ def test_clap_export_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         expected = back(input_ids=ours["ids"], attention_mask=ours["mask"].long(),
                         input_features=features)
     torch.testing.assert_close(per_audio, expected.logits_per_audio, atol=1e-4, rtol=0)
+
+
+def test_byte_text_lm_exports_an_equivalent_tokenizer(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """llama-tiny (byte-text, trained from scratch): transformers' tokenizer of the export
+    gives byte-text's ids, its LlamaForCausalLM the same logits; the import is the same."""
+    model = mmcore.build("llama-tiny").eval()
+    ckpt = mmcore.save(model, tmp_path / "llama-tiny.safetensors")
+    out = tmp_path / "export"
+    cli(capsys, "export", ckpt, "--format", "hf-llama", "--out", out)
+    cli(capsys, "import", out, "--out", tmp_path / "again.safetensors")
+    same_state(model, mmcore.load(tmp_path / "again.safetensors"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ours = model.preprocess("text", ["Hello, World", "ünïcode"])
+    for row, text in enumerate(["Hello, World", "ünïcode"]):
+        theirs = tokenizer(text)["input_ids"]
+        assert ours["ids"][row, : int(ours["mask"][row].sum())].tolist() == theirs
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        mine = model({"text": ours}).heads["lm"]
+        reference = back(input_ids=ours["ids"], attention_mask=ours["mask"].long()).logits
+    torch.testing.assert_close(mine[ours["mask"]], reference[ours["mask"]], atol=1e-4, rtol=0)
+
+
+def test_an_lm_without_a_tokenizer_exports_its_weights_with_a_warning(tmp_path: Path) -> None:
+    from test_llama import hf_model
+
+    from mmcore.convert import export_model, import_model
+
+    hf_model().save_pretrained(tmp_path / "hf")  # no tokenizer.json
+    model = import_model(tmp_path / "hf")
+    with pytest.warns(UserWarning, match="no Hugging Face tokenizer: exported the weights"):
+        export_model(model, tmp_path / "out", "hf-llama")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "model.safetensors"]
+    same_state(model, import_model(tmp_path / "out"))

@@ -9,6 +9,7 @@ The family is chosen from the trunk: q/k/v biases only -> ``qwen2``; a sliding w
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -113,16 +114,27 @@ def tokenizer_files(model: Any, text: str) -> dict[str, bytes]:
 def write_lm_tokenizer(model: Any, embedding: LMEmbedding, text: str, out: Path) -> bool:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json for the LM's text:
     the source's own files where the model carries them, else generated (special tokens
-    from the embedding's bos/eos/pad ids). False when the model reads no tokenizer.json
-    (a ``bytes`` vocabulary): the folder then holds the weights only."""
+    from the embedding's bos/eos/pad ids); for ``byte-text`` an equivalent tokenizer.json.
+    Otherwise (the ``bytes`` vocabulary of ``llava-chat``, no preprocessor) nothing is
+    written, with a warning: -> whether tokenizer files were written."""
+    from mmcore_text.preprocess import BYTE_SPECIAL, ByteTextPreprocessor, byte_text_tokenizer_json
+
+    pre = model.preprocessors.get(text)
     files = tokenizer_files(model, text)
+    if not files and isinstance(pre, ByteTextPreprocessor):
+        files = {"tokenizer.json": byte_text_tokenizer_json(pre.cfg.lowercase)}
     if not files:
+        warnings.warn(f"the text preprocessor ({type(pre).__name__ if pre else 'none'}) has "
+                      "no Hugging Face tokenizer: exported the weights and configs only, "
+                      "without tokenizer files", stacklevel=2)
         return False
     content = files.pop("tokenizer.json")
     ids = {"bos_token": embedding.cfg.bos_token_id, "eos_token": _first(embedding.cfg.eos_token_id),
            "pad_token": embedding.cfg.pad_token_id}
-    pre = model.preprocessors.get(text)
-    write_tokenizer(out, content, token_names(content, ids), sidecars=files,
+    special = token_names(content, ids)
+    if isinstance(pre, ByteTextPreprocessor):
+        special = {**BYTE_SPECIAL, **special}
+    write_tokenizer(out, content, special, sidecars=files,
                     model_max_length=getattr(pre, "context_length", None))
     return True
 
