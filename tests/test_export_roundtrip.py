@@ -468,3 +468,32 @@ def test_an_lm_without_a_tokenizer_exports_its_weights_with_a_warning(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "config.json", "model.safetensors"]
     same_state(model, import_model(tmp_path / "out"))
+
+
+def test_clip_bpe_files_travel_with_the_checkpoint(hf_clip: tuple[Any, Path],
+                                                   tmp_path: Path) -> None:
+    """clip-bpe's vocab.json and merges.txt (as the diffusers importer names them) are
+    embedded too: same ids after the files are deleted."""
+    tokenizer = json.loads((hf_clip[1] / "tokenizer.json").read_text())
+    files = tmp_path / "tokenizer"
+    files.mkdir()
+    (files / "vocab.json").write_text(json.dumps(tokenizer["model"]["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
+    (files / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    spec = mmcore.load_spec("clip-tiny").to_dict()
+    text = spec["modalities"]["text"]
+    text["preprocessor"] = {"type": "clip-bpe", "vocab": str(files / "vocab.json"),
+                            "merges": str(files / "merges.txt"),
+                            "context_length": text["tokenizer"]["context_length"]}
+    text["tokenizer"]["vocab_size"] = max(text["tokenizer"]["vocab_size"],
+                                          len(tokenizer["model"]["vocab"]))
+    model = mmcore.build(spec)
+    before = model.preprocess("text", TEXTS)
+    path = mmcore.save(model, tmp_path / "m.safetensors")
+    shutil.rmtree(files)
+    loaded = mmcore.load(path)
+    assert sorted(model_assets(loaded)) == ["modalities.text.preprocessor.merges",
+                                            "modalities.text.preprocessor.vocab"]
+    after = loaded.preprocess("text", TEXTS)
+    assert torch.equal(before["ids"], after["ids"])
+    assert int((before["ids"] != before["ids"][0, -1]).sum()) > len(TEXTS) * 2  # real ids
