@@ -142,7 +142,7 @@ def register_datasets(register: Register) -> None:
 def register_converters(register: Register) -> None:
     register("hf-clap", HFClapConverter,
              summary="Hugging Face ClapModel folder (config.json + model.safetensors + "
-                     "tokenizer.json), unfused HTSAT only")
+                     "tokenizer.json), unfused HTSAT only, import and export")
 
 
 @hookimpl

@@ -102,7 +102,7 @@ def register_datasets(register: Register) -> None:
 def register_converters(register: Register) -> None:
     register("hf-llava", HFLlavaConverter,
              summary="Hugging Face LlavaForConditionalGeneration folder (CLIP vision tower, "
-                     "projector, LLaMA LM), import")
+                     "projector, LLaMA LM), import and export")
 
 
 @hookimpl

@@ -51,7 +51,7 @@ def register_heads(register: Register) -> None:
 def register_converters(register: Register) -> None:
     register("hf-whisper", make_converter,
              summary="Hugging Face Whisper folder (config.json, model.safetensors, "
-                     "tokenizer.json), tiny to large-v3 and .en")
+                     "tokenizer.json), tiny to large-v3 and .en, import and export")
 
 
 @hookimpl
