@@ -301,3 +301,25 @@ def test_tiny_dalle_trains_two_steps_and_generate_writes_files(tmp_path: Path,
     assert main(["generate", str(run), "--prompt", "x", "--steps", "3",
                  "--out", str(tmp_path / "c")]) != 0
     assert "--steps: not used by DALL-E models" in capsys.readouterr().err
+
+
+def test_rerank_orders_candidates_by_clip_score(prior: Any, tmp_path: Path,
+                                                capsys: Any) -> None:
+    from mmcore_dalle.rerank import clip_scores, rerank
+
+    torch.manual_seed(0)
+    clip = mmcore.build("clip-tiny")
+    images = torch.rand(5, 3, 8, 8)
+    ordered, scores = rerank(clip, "a red star", images)
+    raw = clip_scores(clip, "a red star", images)
+    assert torch.equal(scores, raw.sort(descending=True).values)
+    assert torch.equal(ordered[0], images[int(raw.argmax())])
+    mmcore.save(clip, tmp_path / "clip.safetensors")
+    mmcore.save(prior, tmp_path / "dalle.safetensors")
+    argv = ["generate", str(tmp_path / "dalle.safetensors"), "--prompt", "a red star", "--n",
+            "3", "--seed", "0", "--rerank", str(tmp_path / "clip.safetensors"),
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "CLIP scores" in x)
+    values = [float(v) for v in line.split("best first")[1].split()]
+    assert len(values) == 3 and values == sorted(values, reverse=True)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from mmcore.commands import UsageError, add_json_flag, load_any_model, positive_int
 
 #: Options that only image generators use, and their defaults (to tell "given" from "not").
-IMAGE_OPTIONS = {"n": None, "steps": None, "guidance": None, "out": None}
+IMAGE_OPTIONS = {"n": None, "steps": None, "guidance": None, "out": None, "rerank": None}
 #: Options that only text generators use.
 TEXT_OPTIONS = {"max_new_tokens": None, "num_beams": None, "repetition_penalty": None,
                 "no_stream": False}
@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="classifier-free guidance scale")
     image.add_argument("--out", default=None, metavar="DIR",
                        help="folder for the PNG files and the grid")
+    image.add_argument("--rerank", default=None, metavar="CLIP",
+                       help="order each prompt's images by a CLIP run's image-text score, "
+                            "best first (DALL-E)")
     add_json_flag(parser)
 
 

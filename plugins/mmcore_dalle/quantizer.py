@@ -87,7 +87,7 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.size, self.dim, self.beta, self.update = size, dim, beta, update
         self.decay, self.eps, self.restart_after = decay, eps, restart_after
-        initial = torch.randn(size, dim) * dim**-0.5
+        initial = nn.init.normal_(torch.empty(size, dim), std=dim**-0.5)
         if update == "gradient":
             self.codebook = nn.Parameter(initial)
         else:

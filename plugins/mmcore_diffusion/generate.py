@@ -25,7 +25,8 @@ from mmcore_diffusion.codec import LatentTokenizer
 from mmcore_diffusion.denoisers import Denoiser
 from mmcore_diffusion.pipeline import sample_latents
 
-UNUSED = {**TEXT_OPTIONS, "image": [], "temperature": None, "top_k": None, "top_p": None}
+UNUSED = {**TEXT_OPTIONS, "image": [], "temperature": None, "top_k": None, "top_p": None,
+          "rerank": None}
 
 
 def parts(model: Any) -> tuple[Denoiser, LatentTokenizer]:
