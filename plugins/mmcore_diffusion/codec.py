@@ -109,7 +109,7 @@ class LatentTokenizer(Tokenizer):
     a posterior sample while training, its mean in eval mode, times the scaling factor;
     with ``reconstruct``, also the decoded images."""
 
-    def __init__(self, codec: nn.Module, *, reconstruct: bool = False) -> None:
+    def __init__(self, codec: Any, *, reconstruct: bool = False) -> None:
         super().__init__()
         self.codec, self.reconstruct = codec, reconstruct
         self.out_width = int(codec.latent_channels)
@@ -125,8 +125,9 @@ class LatentTokenizer(Tokenizer):
                        grid=(int(z.shape[-2]), int(z.shape[-1])), reconstruction=recon)
 
 
-def build_codec(spec: dict[str, Any], ctx: BuildContext) -> nn.Module:
-    """A codec from ``{type: NAME, ...params}`` through the registry's ``codec`` kind."""
+def build_codec(spec: dict[str, Any], ctx: BuildContext) -> Any:
+    """A codec from ``{type: NAME, ...params}`` through the registry's ``codec`` kind: an
+    ``nn.Module`` with the codec interface (module docstring)."""
     from mmcore.plugins import get_registry
 
     codec = make_component(get_registry(), "codec", ComponentRef(**spec), ctx)
@@ -135,7 +136,15 @@ def build_codec(spec: dict[str, Any], ctx: BuildContext) -> nn.Module:
 
 
 def build_latent_tokenizer(cfg: LatentTokenizerConfig, ctx: BuildContext) -> LatentTokenizer:
-    return LatentTokenizer(build_codec(cfg.codec, ctx), reconstruct=cfg.reconstruct)
+    """The tokenizer around its codec; ValueError (naming both sizes) when the codec's
+    downsampling does not divide ``image_size``."""
+    codec = build_codec(cfg.codec, ctx)
+    factor = int(codec.downsampling)
+    if cfg.image_size % factor:
+        raise ValueError(f"image_size {cfg.image_size} is not divisible by {factor}, the "
+                         f"codec's downsampling factor (e.g. {cfg.image_size // factor * factor}"
+                         f" or {(cfg.image_size // factor + 1) * factor})")
+    return LatentTokenizer(codec, reconstruct=cfg.reconstruct)
 
 
 def example_images(module: nn.Module, batch: int, generator: torch.Generator) -> Tensor:

@@ -22,7 +22,10 @@ def drop_conditioning(context: Tensor, empty: Tensor, p: float,
 
 def guidance_batch(cond: Tensor, uncond: Tensor | None, scale: float) -> Tensor:
     """The text batch the denoiser sees: ``[uncond; cond]`` (2B, L, D) when guiding, else
-    ``cond``. ValueError for a scale > 1 without an unconditional embedding."""
+    ``cond``. ValueError for a negative (or NaN) scale, and for a scale > 1 without an
+    unconditional embedding."""
+    if not scale >= 0:
+        raise ValueError(f"guidance scale must be >= 0 (1 or less: no guidance), got {scale}")
     if scale <= 1.0:
         return cond
     if uncond is None:
