@@ -3,11 +3,19 @@ the same config and the same sequence of model outputs, the same latents within 
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 import torch
 
+import mmcore
+from mmcore.builder import build
+from mmcore.checkpoint import save
+from mmcore.cli import main
 from mmcore.errors import CheckpointError
 from mmcore_diffusion.convert import sampler_from_config
+from mmcore_diffusion.generate import generate_images, to_pil
 from mmcore_diffusion.schedules import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
@@ -120,3 +128,24 @@ def test_dpm_solver_unimplemented_options_refused_by_name() -> None:
     ref = diffusers.DDIMScheduler.from_config(saved)
     ref.set_timesteps(5)
     assert ddim.prepare(5).tolist() == ref.timesteps.tolist()
+
+
+def test_generate_sampler_option_picks_the_sampler(tmp_path: Path) -> None:
+    """``mmcore generate --sampler dpm++`` samples ldm-tiny (a DDIM scheduler config) with
+    DPM-Solver++: the PNG equals generate_images(sampler="DPMSolverMultistepScheduler")
+    and differs from the default (DDIM) one."""
+    torch.manual_seed(0)
+    path = tmp_path / "ldm.safetensors"
+    save(build(mmcore.load_spec("ldm-tiny")), path)
+    written = {}
+    for name in ("ddim", "dpm++"):
+        argv = ["generate", str(path), "--prompt", "a red star", "--steps", "3",
+                "--seed", "0", "--out", str(tmp_path / name)]
+        assert main([*argv, "--sampler", name] if name != "ddim" else argv) == 0
+        written[name] = (tmp_path / name / "a-red-star-000.png").read_bytes()
+    assert written["ddim"] != written["dpm++"]
+    images = generate_images(mmcore.load(path), ["a red star"], steps=3, seed=0,
+                             sampler="DPMSolverMultistepScheduler")
+    buffer = io.BytesIO()
+    to_pil(images[0]).save(buffer, format="PNG")
+    assert buffer.getvalue() == written["dpm++"]

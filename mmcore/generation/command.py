@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from mmcore.commands import UsageError, add_json_flag, load_any_model, positive_int
 
 #: Options that only image generators use, and their defaults (to tell "given" from "not").
-IMAGE_OPTIONS = {"n": None, "steps": None, "guidance": None, "out": None, "rerank": None}
+IMAGE_OPTIONS = {"n": None, "steps": None, "guidance": None, "out": None, "rerank": None,
+                 "sampler": None}
 #: Options that only text generators use.
 TEXT_OPTIONS = {"max_new_tokens": None, "num_beams": None, "repetition_penalty": None,
                 "no_stream": False}
@@ -70,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="denoising steps (default: the model's sampler default)")
     image.add_argument("--guidance", type=float, default=None, metavar="SCALE",
                        help="classifier-free guidance scale")
+    image.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "euler", "dpm++"],
+                       help="the sampler of diffusion models (default: the one their "
+                            "scheduler config names)")
     image.add_argument("--out", default=None, metavar="DIR",
                        help="folder for the PNG files and the grid")
     image.add_argument("--rerank", default=None, metavar="CLIP",

@@ -24,7 +24,8 @@ from mmcore_dalle.rerank import rerank
 from mmcore_dalle.runner import dalle_parts, sample_images, sampling_config
 from mmcore_diffusion.generate import grid, slug, to_pil
 
-UNUSED: dict[str, Any] = {**TEXT_OPTIONS, "image": [], "steps": None, "guidance": None}
+UNUSED: dict[str, Any] = {**TEXT_OPTIONS, "image": [], "steps": None, "guidance": None,
+                          "sampler": None}
 
 
 class DalleGenerator:

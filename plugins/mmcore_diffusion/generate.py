@@ -24,6 +24,7 @@ from mmcore.progress import Progress
 from mmcore_diffusion.codec import LatentTokenizer
 from mmcore_diffusion.denoisers import Denoiser
 from mmcore_diffusion.pipeline import sample_latents
+from mmcore_diffusion.samplers import SAMPLER_NAMES
 
 UNUSED = {**TEXT_OPTIONS, "image": [], "temperature": None, "top_k": None, "top_p": None,
           "rerank": None}
@@ -131,12 +132,14 @@ class LatentDiffusionGenerator:
 
     def images(self, model: Any, prompts: list[str], *, steps: int | None = None,
                guidance: float | None = None, seed: int = 0,
-               progress: Progress | None = None) -> Tensor:
+               progress: Progress | None = None, sampler: str | None = None) -> Tensor:
         """One image per prompt ``(len(prompts), 3, S, S)`` in [0, 1], ``S`` the model's
         image size; ``steps`` (default 50) and ``guidance`` (default: the denoiser's own);
-        the same ``seed`` gives the same images. ``progress`` advances once per step."""
+        the same ``seed`` gives the same images. ``progress`` advances once per step.
+        ``sampler``: a ``--sampler`` name (:data:`SAMPLER_NAMES`; default: the model's)."""
+        cls = SAMPLER_NAMES[sampler] if sampler is not None else None
         return generate_images(model, list(prompts), steps=steps or 50, guidance=guidance,
-                               seed=seed, progress=progress)
+                               seed=seed, progress=progress, sampler=cls)
 
     def run(self, model: Any, args: argparse.Namespace) -> int:
         reject_unused(args, UNUSED, "latent diffusion models")
@@ -151,7 +154,8 @@ class LatentDiffusionGenerator:
             for k, prompt in enumerate(args.prompt):
                 try:
                     images = self.images(model, [prompt] * n, steps=steps,
-                                         guidance=args.guidance, seed=seed + k, progress=bar)
+                                         guidance=args.guidance, seed=seed + k, progress=bar,
+                                         sampler=getattr(args, "sampler", None))
                 except ValueError as exc:
                     raise UsageError(str(exc)) from None
                 for i, image in enumerate(images):

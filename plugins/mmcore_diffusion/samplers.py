@@ -22,6 +22,9 @@ from mmcore.errors import CheckpointError
 from mmcore_diffusion.schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
+#: ``mmcore generate --sampler`` names -> the diffusers scheduler class each one follows
+SAMPLER_NAMES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler",
+                 "euler": "EulerDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler"}
 
 
 def spaced_timesteps(train_steps: int, steps: int, spacing: str, offset: int = 0) -> np.ndarray:

@@ -196,7 +196,7 @@ class UnclipGenerator:
                                  guidance=guidance, progress=progress)
 
     def run(self, model: Any, args: argparse.Namespace) -> int:
-        reject_unused(args, UNUSED, "unCLIP models")
+        reject_unused(args, {**UNUSED, "sampler": None}, "unCLIP models")
         if not args.out:
             raise UsageError("--out DIR is needed: where to write the images")
         n, steps = args.n or 1, args.steps or 50
