@@ -178,3 +178,11 @@ def test_two_stages_train_and_generate_reproducibly(tmp_path: Path, capsys: pyte
     with pytest.raises(ValueError, match=r"names no prior: set metadata.unclip.prior=RUN \(an "
                        r"unclip-tiny-prior run\) when training it"):
         UnclipGenerator().images(decoder, ["x"], steps=2)
+
+
+def test_clip_embed_names_a_missing_clip(tmp_path: Path) -> None:
+    from mmcore_unclip.embeddings import ClipEmbedConfig, ClipEmbedder
+
+    embed = ClipEmbedder(ClipEmbedConfig(clip=str(tmp_path / "no-such-run"), modality="text"))
+    with pytest.raises(ValueError, match="is neither a run folder or checkpoint nor a preset"):
+        embed(["a red star"])

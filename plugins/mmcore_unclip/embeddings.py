@@ -46,9 +46,10 @@ def load_clip(source: str) -> Any:
     else:
         try:
             spec = mmcore.load_spec(source)
-        except mmcore.MMCoreError as exc:
+        except mmcore.MMCoreError:
             raise ValueError(f"clip {source!r} is neither a run folder or checkpoint nor a "
-                             f"preset ({exc})") from None
+                             "preset name (train one: mmcore train clip-tiny --out RUN)"
+                             ) from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = mmcore.build(spec)
