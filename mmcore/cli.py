@@ -131,10 +131,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print_json({"checkpoint": str(path), **metrics})
     else:
         print(f"{args.task} on {path}")
-        rows = [[key, _number(value)] for key, value in flatten(metrics).items()
-                if key != "task"]
-        print(format_table(["metric", "value"], rows, right=(1,)))
+        _print_metrics(metrics)
     return EXIT_OK
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    """Scalar metrics as a table; lists (e.g. a task's ``examples``) after it, one item
+    per line, so a long value does not widen the table."""
+    lists = {key: value for key, value in metrics.items() if isinstance(value, list)}
+    scalars = {key: value for key, value in metrics.items()
+               if key != "task" and key not in lists}
+    rows = [[key, _number(value)] for key, value in flatten(scalars).items()]
+    print(format_table(["metric", "value"], rows, right=(1,)))
+    for key, items in lists.items():
+        print(f"\n{key}:")
+        for item in items:
+            print(f"  {item}")
 
 
 def _probe_options(args: argparse.Namespace) -> dict[str, Any]:
