@@ -135,10 +135,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _long_list(value: Any) -> bool:
+    """A list that would not fit a table cell: of mappings or lists, or over 60 chars."""
+    return isinstance(value, list) and (
+        any(isinstance(item, dict | list) for item in value)
+        or len(", ".join(map(str, value))) > 60)
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    """Scalar metrics as a table; lists (e.g. a task's ``examples``) after it, one item
-    per line, so a long value does not widen the table."""
-    lists = {key: value for key, value in metrics.items() if isinstance(value, list)}
+    """Metrics as a table; long lists (e.g. a task's ``examples``) after it, one item per
+    line, so a long value does not widen the table (short lists stay in it, joined)."""
+    lists = {key: value for key, value in metrics.items() if _long_list(value)}
     scalars = {key: value for key, value in metrics.items()
                if key != "task" and key not in lists}
     rows = [[key, _number(value)] for key, value in flatten(scalars).items()]

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from mmcore.convert import hf
 from mmcore.errors import CheckpointError
+from mmcore_whisper.keys import HEAD, HF_TO_MMCORE
 
 WEIGHTS = hf.SAFETENSORS
 INDEX = hf.SAFETENSORS_INDEX
@@ -36,22 +37,6 @@ REQUIRED = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_he
             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "vocab_size",
             "num_mel_bins", "max_source_positions", "max_target_positions")
 _LANGUAGE = re.compile(r"^<\|([a-z]{2,3}(?:-[a-z]+)?)\|>$", re.I)
-_ENCODER_PARTS = {"self_attn.": "attn.", "self_attn_layer_norm.": "norm1.",
-                  "final_layer_norm.": "norm2.", "fc1.": "mlp.fc1.", "fc2.": "mlp.fc2."}
-_ENCODER_FIXED = {"encoder.conv1.weight": "tokenizers.audio.conv1.weight",
-                  "encoder.conv1.bias": "tokenizers.audio.conv1.bias",
-                  "encoder.conv2.weight": "tokenizers.audio.conv2.weight",
-                  "encoder.conv2.bias": "tokenizers.audio.conv2.bias",
-                  "encoder.embed_positions.weight": "tokenizers.audio.fixed_positions",
-                  "encoder.layer_norm.weight": "encoders.audio.stack.final_norm.weight",
-                  "encoder.layer_norm.bias": "encoders.audio.stack.final_norm.bias"}
-HEAD = "decoder"
-#: prefix-stripped HF Whisper keys -> mmcore keys (the decoder is the head, key for key)
-HF_TO_MMCORE = hf.KeyMap(
-    [*_ENCODER_FIXED.items(),
-     *((f"encoder.layers.{{}}.{old}*", f"encoders.audio.stack.blocks.{{}}.{new}*")
-       for old, new in _ENCODER_PARTS.items()),
-     ("decoder.*", f"heads.{HEAD}.*")])
 
 
 # -- reading the folder -------------------------------------------------------------------

@@ -18,8 +18,8 @@ from torch import Tensor
 from mmcore.convert import hf
 from mmcore.convert.hf_export import token_names, write_json, write_tokenizer, write_weights
 from mmcore.errors import CheckpointError
-from mmcore_whisper.convert import HEAD, HF_TO_MMCORE
 from mmcore_whisper.decoder import WhisperDecoder
+from mmcore_whisper.keys import HEAD, HF_TO_MMCORE
 
 #: mmcore_audio's fixed feature settings (16 kHz, 25 ms window, 10 ms hop)
 SAMPLE_RATE, N_FFT, HOP_LENGTH = 16_000, 400, 160

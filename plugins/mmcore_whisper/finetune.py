@@ -24,12 +24,12 @@ def finetune_spec(source: str | Path, data: str | Path, *, steps: int = 1000,
     """The spec (a mapping) that fine-tunes the Hugging Face Whisper folder ``source`` on
     the ``audio-text-folder`` at ``data``."""
     from mmcore_whisper.convert import (
-        HEAD,
         HFWhisperConverter,
         check_folder,
         read_json,
         spec_from_folder,
     )
+    from mmcore_whisper.keys import HEAD
 
     folder = Path(source)
     if not HFWhisperConverter().detect(folder):
