@@ -24,8 +24,8 @@ from pathlib import Path
 from mmcore import hookimpl
 from mmcore.hookspecs import Register
 from mmcore_blip import cli
-from mmcore_blip.convert import HFBlipConverter
 from mmcore_blip.data import NoisyShapesConfig, NoisyShapesDataset
+from mmcore_blip.export import HFBlipConverter
 from mmcore_blip.fusion import BlipFusionConfig, build_blip
 from mmcore_blip.objectives import (
     BlipLMConfig,

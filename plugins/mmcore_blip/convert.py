@@ -230,9 +230,3 @@ class HFBlipConverter:
         spec = spec_from_blip_config(config, source)
         with torch.no_grad():
             return spec, tensors_from_folder(source, check_config(config)[0], config)
-
-    def from_mmcore(self, model: Any, out: Path) -> None:
-        """Write ``model`` as an HF BLIP folder (:func:`mmcore_blip.export.export_hf_blip`)."""
-        from mmcore_blip.export import export_hf_blip
-
-        export_hf_blip(model, Path(out))

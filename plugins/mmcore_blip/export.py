@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import mmcore_blip.convert as convert_module
 from mmcore.convert import hf
 from mmcore.convert.hf_export import TOKENIZER_JSON, write_json, write_tokenizer, write_weights
 from mmcore.errors import CheckpointError
@@ -260,3 +261,12 @@ def export_hf_blip(model: Any, out: Path) -> None:
     write_json(out / "preprocessor_config.json",
                 _image_processor(spec, parts["patch"].image_size))
     _write_tokenizer(model, out, parts["embed"].max_length)
+
+
+class HFBlipConverter(convert_module.HFBlipConverter):
+    """The registered converter, in and out: :mod:`mmcore_blip.convert` reads the folder, this
+    module writes it (kept apart, so neither imports the other)."""
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        """Write ``model`` as an HF BLIP folder (:func:`mmcore_blip.export.export_hf_blip`)."""
+        export_hf_blip(model, Path(out))

@@ -24,13 +24,13 @@ from mmcore_clap.captions import (
     ShapesSoundsCaptionsConfig,
     ShapesSoundsCaptionsDataset,
 )
-from mmcore_clap.convert import HFClapConverter
 from mmcore_clap.datasets import (
     AudioFolderConfig,
     AudioFolderDataset,
     ShapesSoundsConfig,
     ShapesSoundsDataset,
 )
+from mmcore_clap.export import HFClapConverter
 from mmcore_clap.htsat_embedding import (
     HTSATEmbeddingConfig,
     build_htsat_embedding,

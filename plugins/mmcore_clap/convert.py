@@ -286,9 +286,3 @@ class HFClapConverter:
             return spec, hf_clap_to_mmcore(hf.read_weights(source))
         except KeyError as exc:
             raise CheckpointError(f"{source}: {exc}") from None
-
-    def from_mmcore(self, model: Any, out: Path) -> None:
-        from mmcore_clap.export import export_folder
-
-        export_folder(model, Path(out))
-

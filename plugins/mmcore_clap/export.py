@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
+import mmcore_clap.convert as convert_module
 from mmcore.convert import hf
 from mmcore.convert.hf_export import token_names, write_json, write_tokenizer, write_weights
 from mmcore.errors import CheckpointError
@@ -145,3 +146,11 @@ def export_folder(model: Any, out: Path) -> None:
         write_tokenizer(out, content, token_names(content, names),
                         sidecars=dict(list(files.items())[1:]),
                         model_max_length=model.preprocessors["text"].context_length)
+
+
+class HFClapConverter(convert_module.HFClapConverter):
+    """The registered converter, in and out: :mod:`mmcore_clap.convert` reads the folder, this
+    module writes it (kept apart, so neither imports the other)."""
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        export_folder(model, Path(out))

@@ -30,8 +30,8 @@ from pathlib import Path
 from mmcore import hookimpl
 from mmcore.cost import zero_cost
 from mmcore.hookspecs import Register
-from mmcore_flamingo.convert import HFIdeficsConverter
 from mmcore_flamingo.data import ShapesFewShotConfig, ShapesFewShotDataset
+from mmcore_flamingo.export import HFIdeficsConverter
 from mmcore_flamingo.fewshot import FewShotTask
 from mmcore_flamingo.fusion import (
     FlamingoConfig,

@@ -220,10 +220,3 @@ class HFIdeficsConverter:
         config = hf.read_config(source)
         spec = spec_from_idefics_config(config, source)
         return spec, tensors_from_state(hf.read_weights(source), config, str(source))
-
-    def from_mmcore(self, model: Any, out: Path) -> None:
-        """Write ``model`` as an HF Idefics folder
-        (:func:`mmcore_flamingo.export.export_hf_idefics`)."""
-        from mmcore_flamingo.export import export_hf_idefics
-
-        export_hf_idefics(model, Path(out))

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
+import mmcore_flamingo.convert as convert_module
 from mmcore.convert import hf
 from mmcore.convert.hf_export import token_names, write_json, write_tokenizer, write_weights
 from mmcore.errors import CheckpointError
@@ -160,3 +161,13 @@ def export_hf_idefics(model: Any, out: Path) -> None:
                for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         write_tokenizer(out, content, token_names(content, ids), sidecars=files,
                         model_max_length=config["max_position_embeddings"])
+
+
+class HFIdeficsConverter(convert_module.HFIdeficsConverter):
+    """The registered converter, in and out: :mod:`mmcore_flamingo.convert` reads the folder, this
+    module writes it (kept apart, so neither imports the other)."""
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        """Write ``model`` as an HF Idefics folder
+        (:func:`mmcore_flamingo.export.export_hf_idefics`)."""
+        export_hf_idefics(model, Path(out))

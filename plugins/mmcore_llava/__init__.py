@@ -43,8 +43,8 @@ from mmcore_llava.chat import (
     build_llava_chat,
     example_conversations,
 )
-from mmcore_llava.convert import HFLlavaConverter
 from mmcore_llava.data import ShapesVQAConfig, ShapesVQADataset
+from mmcore_llava.export import HFLlavaConverter
 from mmcore_llava.fusion import LlavaConfig, LlavaFusion, build_llava, example_llava, llava_cost
 from mmcore_llava.generator import LlavaGenerator
 from mmcore_llava.objective import InstructionLMConfig, build_instruction_lm, example_instruction_lm

@@ -173,8 +173,3 @@ class HFLlavaConverter:
                                   "folder with config.json and model.safetensors)")
         spec = spec_from_llava_config(hf.read_config(source), source)
         return spec, tensors_from_folder(source, spec["heads"][HEAD]["tied"])
-
-    def from_mmcore(self, model: Any, out: Path) -> None:
-        from mmcore_llava.export import export_folder
-
-        export_folder(model, Path(out))

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+import mmcore_llava.convert as convert_module
 from mmcore.convert import hf
 from mmcore.convert.hf_export import write_json, write_weights
 from mmcore.errors import CheckpointError
@@ -115,3 +116,11 @@ def export_folder(model: Any, out: Path) -> None:
     write_weights(out, tensors)
     write_json(out / "preprocessor_config.json", image_processor_config(model.spec))
     write_lm_tokenizer(model, embedding, TEXT, out)
+
+
+class HFLlavaConverter(convert_module.HFLlavaConverter):
+    """The registered converter, in and out: :mod:`mmcore_llava.convert` reads the folder, this
+    module writes it (kept apart, so neither imports the other)."""
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        export_folder(model, Path(out))

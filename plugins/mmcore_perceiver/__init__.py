@@ -23,7 +23,7 @@ from mmcore_perceiver.decoders import (
     build_query_regressor,
     example_latents,
 )
-from mmcore_perceiver.hf_convert import HFPerceiverConverter
+from mmcore_perceiver.hf_export import HFPerceiverConverter
 from mmcore_perceiver.objectives import (
     PerQueryClassificationConfig,
     PerQueryRegressionConfig,

@@ -153,10 +153,3 @@ class HFPerceiverConverter:
         # HF ties the vocabulary projection to the input embeddings; mmcore keeps a copy
         state[f"heads.{HEAD}.proj.weight"] = state["tokenizers.text.embed.weight"]
         return masked_lm_spec(config), state
-
-    def from_mmcore(self, model: Any, out: Path) -> None:
-        """Write ``model`` as an HF PerceiverForMaskedLM folder
-        (:func:`mmcore_perceiver.hf_export.export_hf_perceiver`)."""
-        from mmcore_perceiver.hf_export import export_hf_perceiver
-
-        export_hf_perceiver(model, Path(out))

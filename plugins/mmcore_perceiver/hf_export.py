@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import mmcore_perceiver.hf_convert as hf_convert_module
 from mmcore.convert import hf
 from mmcore.convert.hf_export import write_json, write_weights
 from mmcore.errors import CheckpointError
@@ -114,3 +115,13 @@ def export_hf_perceiver(model: Any, out: Path) -> None:
     write_json(out / "tokenizer_config.json",
                 {"tokenizer_class": "PerceiverTokenizer",
                  "model_max_length": config["max_position_embeddings"]})
+
+
+class HFPerceiverConverter(hf_convert_module.HFPerceiverConverter):
+    """The registered converter, in and out: :mod:`mmcore_perceiver.hf_convert` reads the
+    folder, this module writes it (kept apart, so neither imports the other)."""
+
+    def from_mmcore(self, model: Any, out: Path) -> None:
+        """Write ``model`` as an HF PerceiverForMaskedLM folder
+        (:func:`mmcore_perceiver.hf_export.export_hf_perceiver`)."""
+        export_hf_perceiver(model, Path(out))
