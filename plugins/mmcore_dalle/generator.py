@@ -10,11 +10,8 @@ seeded with ``seed + k``.
 from __future__ import annotations
 
 import argparse
-import math
-from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from torch import Tensor
 
 from mmcore.commands import UsageError, load_any_model
@@ -22,7 +19,7 @@ from mmcore.generation.command import TEXT_OPTIONS, reject_unused
 from mmcore.progress import Progress
 from mmcore_dalle.rerank import rerank
 from mmcore_dalle.runner import dalle_parts, sample_images, sampling_config
-from mmcore_diffusion.generate import grid, slug, to_pil
+from mmcore_diffusion.generate import write_images
 
 UNUSED: dict[str, Any] = {**TEXT_OPTIONS, "image": [], "steps": None, "guidance": None,
                           "sampler": None}
@@ -50,33 +47,20 @@ class DalleGenerator:
         if not args.out:
             raise UsageError("--out DIR is needed: where to write the images")
         n = args.n or 1
-        seed = 0 if args.seed is None else args.seed
         clip = _load_clip(getattr(args, "rerank", None))
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+
+        def draw(prompt: str, seed: int, bar: Progress) -> Tensor:
+            config = sampling_config(model, n=n, seed=seed, temperature=args.temperature,
+                                     top_k=args.top_k, top_p=args.top_p)
+            images = sample_images(model, [prompt], config, tick=lambda: bar.update(1))
+            if clip is not None:
+                images, scores = rerank(clip, prompt, images)
+                print(f"{prompt!r}: CLIP scores best first "
+                      + " ".join(f"{s:.3f}" for s in scores.tolist()))
+            return images
+
         tokens = dalle_parts(model)[1].cfg.image_tokens
-        written: list[Image.Image] = []
-        with Progress(len(args.prompt) * tokens, desc="image tokens", unit="token") as bar:
-            for k, prompt in enumerate(args.prompt):
-                try:
-                    config = sampling_config(model, n=n, seed=seed + k,
-                                             temperature=args.temperature, top_k=args.top_k,
-                                             top_p=args.top_p)
-                    images = sample_images(model, [prompt], config, tick=lambda: bar.update(1))
-                except ValueError as exc:
-                    raise UsageError(str(exc)) from None
-                if clip is not None:
-                    images, scores = rerank(clip, prompt, images)
-                    print(f"{prompt!r}: CLIP scores best first "
-                          + " ".join(f"{s:.3f}" for s in scores.tolist()))
-                for i, image in enumerate(images):
-                    pil = to_pil(image)
-                    pil.save(out / f"{slug(prompt)}-{i:03d}.png")
-                    written.append(pil)
-        grid(written, math.ceil(math.sqrt(n)) if len(args.prompt) == 1 else n).save(
-            out / "grid.png")
-        print(f"wrote {len(written)} images and grid.png to {out}")
-        return 0
+        return write_images(args, draw, per_prompt=tokens, desc="image tokens", unit="token")
 
 
 def _load_clip(source: str | None) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from mmcore_diffusion.denoisers import Denoiser
 from mmcore_diffusion.pipeline import sample_latents
 from mmcore_diffusion.samplers import SAMPLER_NAMES
 
-UNUSED = {**TEXT_OPTIONS, "image": [], "temperature": None, "top_k": None, "top_p": None,
-          "rerank": None}
+UNUSED: dict[str, Any] = {**TEXT_OPTIONS, "image": [], "temperature": None, "top_k": None,
+                          "top_p": None, "rerank": None}
 
 
 def parts(model: Any) -> tuple[Denoiser, LatentTokenizer]:
@@ -116,6 +117,39 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
 
 
+#: ``draw(prompt, seed, bar) -> (N, 3, H, W)`` in [0, 1], advancing ``bar`` as it works
+DrawPrompt = Callable[[str, int, Progress], Tensor]
+
+
+def write_images(args: argparse.Namespace, draw: DrawPrompt, *, per_prompt: int,
+                 desc: str, unit: str = "step") -> int:
+    """``mmcore generate``'s output for every image family: the k-th ``--prompt`` is drawn
+    with seed ``--seed`` + k (a progress bar of ``per_prompt`` units each), its images go
+    to ``--out`` as ``SLUG-000.png`` ..., and all of them into ``grid.png`` (a row per
+    prompt; a square for one prompt). A ValueError from ``draw`` is a one-line error."""
+    if not args.out:
+        raise UsageError("--out DIR is needed: where to write the images")
+    seed = 0 if args.seed is None else args.seed
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Image.Image] = []
+    with Progress(len(args.prompt) * per_prompt, desc=desc, unit=unit) as bar:
+        for k, prompt in enumerate(args.prompt):
+            try:
+                images = draw(prompt, seed + k, bar)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            for i, image in enumerate(images):
+                pil = to_pil(image)
+                pil.save(out / f"{slug(prompt)}-{i:03d}.png")
+                written.append(pil)
+    n = len(written) // len(args.prompt)
+    grid(written, math.ceil(math.sqrt(n)) if len(args.prompt) == 1 else n).save(
+        out / "grid.png")
+    print(f"wrote {len(written)} images and grid.png to {out}")
+    return 0
+
+
 class LatentDiffusionGenerator:
     """``mmcore generate`` for models whose fusion is a diffusion denoiser; also an image
     generator for ``mmcore eval --task generation`` (:mod:`mmcore_diffusion.tasks`)."""
@@ -143,26 +177,11 @@ class LatentDiffusionGenerator:
 
     def run(self, model: Any, args: argparse.Namespace) -> int:
         reject_unused(args, UNUSED, "latent diffusion models")
-        if not args.out:
-            raise UsageError("--out DIR is needed: where to write the images")
         n, steps = args.n or 1, args.steps or 50
-        seed = 0 if args.seed is None else args.seed
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        written: list[Image.Image] = []
-        with Progress(len(args.prompt) * steps, desc="denoising", unit="step") as bar:
-            for k, prompt in enumerate(args.prompt):
-                try:
-                    images = self.images(model, [prompt] * n, steps=steps,
-                                         guidance=args.guidance, seed=seed + k, progress=bar,
-                                         sampler=getattr(args, "sampler", None))
-                except ValueError as exc:
-                    raise UsageError(str(exc)) from None
-                for i, image in enumerate(images):
-                    pil = to_pil(image)
-                    pil.save(out / f"{slug(prompt)}-{i:03d}.png")
-                    written.append(pil)
-        grid(written, math.ceil(math.sqrt(n)) if len(args.prompt) == 1 else n).save(
-            out / "grid.png")
-        print(f"wrote {len(written)} images and grid.png to {out}")
-        return 0
+        sampler = getattr(args, "sampler", None)
+
+        def draw(prompt: str, seed: int, bar: Progress) -> Tensor:
+            return self.images(model, [prompt] * n, steps=steps, guidance=args.guidance,
+                               seed=seed, progress=bar, sampler=sampler)
+
+        return write_images(args, draw, per_prompt=steps, desc="denoising")

@@ -15,20 +15,17 @@ same images.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 
-from mmcore.commands import UsageError
 from mmcore.generation.command import reject_unused
 from mmcore.progress import Progress
 from mmcore_diffusion.codec import LatentTokenizer
 from mmcore_diffusion.denoisers import Denoiser
-from mmcore_diffusion.generate import UNUSED, grid, image_size, slug, to_pil
+from mmcore_diffusion.generate import UNUSED, image_size, write_images
 from mmcore_diffusion.pipeline import sample_latents
 from mmcore_unclip.embeddings import ClipEmbeddingTokenizer
 
@@ -197,26 +194,11 @@ class UnclipGenerator:
 
     def run(self, model: Any, args: argparse.Namespace) -> int:
         reject_unused(args, {**UNUSED, "sampler": None}, "unCLIP models")
-        if not args.out:
-            raise UsageError("--out DIR is needed: where to write the images")
         n, steps = args.n or 1, args.steps or 50
-        seed = 0 if args.seed is None else args.seed
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        written: list[Image.Image] = []
-        with Progress(len(args.prompt) * 2 * steps, desc="denoising (prior, decoder)",
-                      unit="step") as bar:
-            for k, prompt in enumerate(args.prompt):
-                try:
-                    images = self.images(model, [prompt] * n, steps=steps,
-                                         guidance=args.guidance, seed=seed + k, progress=bar)
-                except ValueError as exc:
-                    raise UsageError(str(exc)) from None
-                for i, image in enumerate(images):
-                    pil = to_pil(image)
-                    pil.save(out / f"{slug(prompt)}-{i:03d}.png")
-                    written.append(pil)
-        grid(written, math.ceil(math.sqrt(n)) if len(args.prompt) == 1 else n).save(
-            out / "grid.png")
-        print(f"wrote {len(written)} images and grid.png to {out}")
-        return 0
+
+        def draw(prompt: str, seed: int, bar: Progress) -> Tensor:
+            return self.images(model, [prompt] * n, steps=steps, guidance=args.guidance,
+                               seed=seed, progress=bar)
+
+        return write_images(args, draw, per_prompt=2 * steps,
+                            desc="denoising (prior, decoder)")
