@@ -18,10 +18,11 @@ from mmcore.cli import main
 from mmcore.convert import import_model
 from mmcore.errors import CheckpointError
 from mmcore.summary import summarize
-from mmcore_diffusion.clip_bpe import CLIPBPEConfig, CLIPBPEPreprocessor, bytes_to_unicode
+from mmcore_diffusion.clip_bpe import CLIPBPEConfig, CLIPBPEPreprocessor
 from mmcore_diffusion.cost import sampling_memory, unet_flops
 from mmcore_diffusion.generate import generate_images
 from mmcore_diffusion.unet import UNetConfig
+from mmcore_text.preprocess import bytes_to_unicode
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

@@ -39,10 +39,7 @@ from mmcore.layers.kv_cache import KVCache
 from mmcore.registry import ComponentConfig
 from mmcore_diffusion.codec import LatentTokenizerConfig, build_codec
 from mmcore_llama import DecoderLM, LMTokens
-from mmcore_llama.components import DecoderLMConfig, last_real
-
-IGNORE_INDEX = -100
-
+from mmcore_llama.components import IGNORE_INDEX, DecoderLMConfig, last_real
 
 # -- tokenizer: images -> code ids -----------------------------------------------------------
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from mmcore.builder import BuildContext
 from mmcore.registry import ComponentConfig
+from mmcore_text.preprocess import bytes_to_unicode
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _SPECIAL = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
@@ -36,20 +36,6 @@ except ImportError:  # pragma: no cover - transformers installs regex
 MAX_MERGES = 49152 - 256 - 2
 #: a vocab.json above this size is refused (SD's is 1.6 MB)
 MAX_FILE_BYTES = 64 * 2**20
-
-
-@lru_cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(keep, map(chr, chars), strict=True))
 
 
 class CLIPBPEConfig(ComponentConfig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,8 +74,10 @@ class ByteTextPreprocessor:
 BYTE_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 
-def _byte_table() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, as the ByteLevel pre-tokenizer uses it."""
+@lru_cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, as the ByteLevel
+    pre-tokenizer (and CLIP's BPE) uses it."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
             *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = list(keep), 0
@@ -94,7 +97,7 @@ def byte_text_tokenizer_json(lowercase: bool = True) -> bytes:
     Exports write it so that transformers' tokenizer gives byte-text's ids."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    vocab = {char: byte for byte, char in _byte_table().items()}
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     if lowercase:
         tokenizer.normalizer = normalizers.Lowercase()
