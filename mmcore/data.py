@@ -112,13 +112,18 @@ class Collator:
     Picklable when the preprocessors are, so it can run in DataLoader workers.
     """
 
-    def __init__(self, preprocessors: Mapping[str, Any]) -> None:
+    def __init__(self, preprocessors: Mapping[str, Any],
+                 sources: Mapping[str, str] | None = None) -> None:
         self.preprocessors = dict(preprocessors)
+        #: modality -> the item key it reads, where that is not its own name
+        self.sources = {m: k for m, k in (sources or {}).items() if m != k}
 
     @classmethod
     def for_model(cls, model: Any) -> Collator:
-        """The collator using ``model.preprocess``'s preprocessors (not the model itself)."""
-        return cls(model.preprocessors)
+        """The collator using ``model.preprocess``'s preprocessors (not the model itself)
+        and the item keys its spec's modalities read."""
+        spec = getattr(model, "spec", None)
+        return cls(model.preprocessors, spec.sources() if spec is not None else None)
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not items:
@@ -126,10 +131,16 @@ class Collator:
         batch: dict[str, Any] = {}
         for key in items[0]:
             values = [item[key] for item in items]
-            if key in self.preprocessors:
+            if key in self.preprocessors and key not in self.sources:
                 batch[key] = self.preprocessors[key](values)
             else:
                 batch[key] = _stack(values)
+        for modality, key in self.sources.items():  # views of another key
+            if modality in items[0]:
+                raise ValueError(f"modality {modality!r} reads the items' {key!r}, but the "
+                                 f"items also hold a key {modality!r}; rename the modality")
+            if key in items[0] and modality in self.preprocessors:
+                batch[modality] = self.preprocessors[modality]([item[key] for item in items])
         return batch
 
 

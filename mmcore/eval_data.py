@@ -44,8 +44,9 @@ def embed_raw(model: Any, modality: str, items: Sequence[Any], batch_size: int,
     batches, on the CPU."""
     out = []
     for rows in batches(len(items), batch_size):
-        inputs = model.preprocess(modality, [items[i] for i in rows])
-        emb = model.embed(modality, inputs).float()
+        inputs = model.preprocess_with_views(modality, [items[i] for i in rows])
+        emb = (model.embed(modality, inputs[modality]) if len(inputs) == 1  # no views
+               else model.fusion(model.encode(inputs)).embeddings[modality]).float()
         out.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())
         if bar is not None:
             bar.update(len(rows))

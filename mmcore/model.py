@@ -80,6 +80,15 @@ class MultimodalModel(nn.Module):
                            f"it has {sorted(self.preprocessors)}")
         return self.preprocessors[modality](items)
 
+    def preprocess_with_views(self, modality: str, items: Sequence[Any]
+                              ) -> dict[str, ModalityInput]:
+        """Raw items -> the collated input of ``modality`` and of every other modality that
+        reads the same item key (its views: ``ModalitySpec.source``), by modality."""
+        sources = self.spec.sources() if self.spec is not None else {}
+        key = sources.get(modality, modality)
+        views = [m for m, k in sources.items() if k == key and m != modality]
+        return {m: self.preprocess(m, items) for m in (modality, *views)}
+
     def encode(self, batch: Batch, prepared: dict[str, Any] | None = None) -> dict[str, Tokens]:
         """Tokenize and encode each modality present in ``batch``. -> name: (B, N, D).
 

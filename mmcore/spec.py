@@ -81,6 +81,10 @@ class ModalitySpec(BaseModel):
     preprocessor: ComponentRef | None = None
     tokenizer: ComponentRef
     encoder: ComponentRef | None = None
+    #: the item key this modality reads; None: its own name. Two modalities with one
+    #: source are two views of the same input through their own pipelines (e.g. an RGB
+    #: and a colour-free vision tower over one image)
+    source: str | None = None
 
 
 class ModelSpec(BaseModel):
@@ -118,6 +122,10 @@ class ModelSpec(BaseModel):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"modality_dropout[{name}] = {p} must lie in [0, 1)")
         return self
+
+    def sources(self) -> dict[str, str]:
+        """Modality -> the item key it reads (its ``source``, else its name)."""
+        return {name: m.source or name for name, m in self.modalities.items()}
 
     def components(self) -> Iterator[tuple[str, str, ComponentRef]]:
         """(key path, kind, ref) for every component in the spec, in build order."""

@@ -250,7 +250,8 @@ def _size_problems(spec: ModelSpec, size: int | None) -> list[SpecIssue]:
 
 def _key_problems(spec: ModelSpec, item: Mapping[str, Any]) -> list[SpecIssue]:
     keys = sorted(str(k) for k in item)
-    missing = [m for m in spec.modalities if m not in item]
+    sources = spec.sources()
+    missing = list(dict.fromkeys(sources[m] for m in spec.modalities if sources[m] not in item))
     if not missing:
         return []
     hints = []

@@ -78,7 +78,7 @@ def test_instruction_loss_is_the_cross_entropy_of_the_answer_tokens_only() -> No
     chat = model.preprocessors["text"]
     text = chat([{"prompt": "<image>\nWhat shape is it?", "answer": "star"}])
     pixels = torch.randn(1, 3, 24, 24)
-    out = model({"image": pixels, "text": text})
+    out = model({"image": pixels, "chroma": pixels, "text": text})
     loss = model.objectives["answer"](out, {"text": text})["loss"]
     logits, labels = out.heads["lm"][0], text["labels"][0]
     picked = (labels[1:] != IGNORE_INDEX).nonzero().flatten()
@@ -123,7 +123,7 @@ def test_stage1_trains_the_projector_only() -> None:
     data = mmcore.load_spec("llava-tiny").model_dump(mode="json", exclude_none=True)
     data["fusion"]["freeze_lm"] = True
     model = mmcore.build(data)
-    freeze(model, spec.train.freeze)
+    freeze(model, [*spec.train.freeze, "modalities.chroma"])  # llava-tiny's second tower
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters()
                          if n.startswith("fusion.projector.")}

@@ -31,8 +31,8 @@ def check_dataset(spec: ModelSpec, dataset: Dataset | None = None, *, split: str
         raise AssertionError("the dataset is empty")
     rows = [data[i] for i in range(count)]
     for index, row in enumerate(rows):
-        check_item(row, spec.modalities, index)
-    collate = Collator(spec_preprocessors(spec, registry))
+        check_item(row, sorted(set(spec.sources().values())), index)
+    collate = Collator(spec_preprocessors(spec, registry), spec.sources())
     try:
         batch = collate(rows)
     except Exception as exc:

@@ -17,7 +17,7 @@ import torch
 
 from mmcore.generation import GenerationConfig
 from mmcore.imaging import to_pil
-from mmcore_blip.runner import blip_parts, caption, itm_scores
+from mmcore_blip.runner import blip_parts, caption, itm_scores, preprocess_images
 
 
 @dataclass
@@ -78,7 +78,7 @@ def capfilt(model: Any, data: Any, out: Path, options: CapFiltOptions) -> CapFil
     with (out / "captions.jsonl").open("w", encoding="utf-8") as fh:
         for start, items in _batches(data, options):
             images = [to_pil(it[image_key], 89_478_485, "image") for it in items]
-            pixels = model.preprocess(image_key, images)
+            pixels = preprocess_images(model, images)
             synthetic = caption(model, pixels, config=config, generator=generator)
             web = [str(it[text_key]) for it in items]
             keep_web = itm_scores(model, pixels, model.preprocess(text_key, web))

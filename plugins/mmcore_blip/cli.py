@@ -47,10 +47,10 @@ def _load(source: str) -> Any:
 def caption_run(args: argparse.Namespace) -> int:
     """Print one caption per image (greedy, or beam search with --beams)."""
     from mmcore.generation import GenerationConfig
-    from mmcore_blip.runner import caption
+    from mmcore_blip.runner import caption, preprocess_images
 
     model = _load(args.model)
-    pixels = model.preprocess(model.fusion.cfg.image, [Path(p) for p in args.images])
+    pixels = preprocess_images(model, [Path(p) for p in args.images])
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, num_beams=args.beams)
     captions = caption(model, pixels, config=config)
     if args.json:

@@ -19,7 +19,7 @@ each has its own self-attention (see :mod:`mmcore_blip.text`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -33,6 +33,7 @@ from mmcore.kernels import KernelSet
 from mmcore.kernels.attention import real_padding
 from mmcore.registry import ComponentConfig
 from mmcore_blip.text import BlipTextLayer, BlipTextTokens, LayerShape, Mode
+from mmcore_fusions.views import join_views
 
 Task = Literal["itc", "itm", "lm"]
 ALL_TASKS: tuple[Task, ...] = ("itc", "itm", "lm")
@@ -41,6 +42,10 @@ ALL_TASKS: tuple[Task, ...] = ("itc", "itm", "lm")
 class BlipFusionConfig(ComponentConfig):
     image: str = "image"
     text: str = "text"
+    #: more modalities over the same images (their own towers, e.g. a colour-free view:
+    #: see ``ModalitySpec.source``), joined with the image's tokens along the features;
+    #: the ITC embedding then reads the joined first tokens
+    views: list[str] = Field(default_factory=list)
     layers: int = Field(gt=0)
     heads: int = Field(gt=0)
     #: feed-forward width (BERT's intermediate_size); None: 4 x the text width
@@ -106,11 +111,13 @@ class BlipFusion(Fusion):
 
     def __init__(self, cfg: BlipFusionConfig, widths: dict[str, int], kernels: KernelSet) -> None:
         super().__init__()
-        missing = [m for m in (cfg.image, cfg.text) if m not in widths]
+        missing = [m for m in (cfg.image, cfg.text, *cfg.views) if m not in widths]
         if missing:
             raise ValueError(f"blip: no modality {missing}; the model has {sorted(widths)}")
         self.cfg = cfg
-        width, image_width = widths[cfg.text], widths[cfg.image]
+        #: feature width of the image modality and of each view, in joining order
+        self.image_widths = {m: widths[m] for m in (cfg.image, *cfg.views)}
+        width, image_width = widths[cfg.text], sum(self.image_widths.values())
         if width % cfg.heads:
             raise ValueError(f"text width {width} is not divisible by heads {cfg.heads}")
         shape = LayerShape(width=width, heads=cfg.heads, hidden=cfg.hidden or 4 * width,
@@ -142,6 +149,16 @@ class BlipFusion(Fusion):
 
     def text_layers(self) -> list[BlipTextLayer]:
         return list(self.layers)  # type: ignore[arg-type]
+
+    @property
+    def image_modalities(self) -> list[str]:
+        """The modalities whose tokens make the image tokens: ``image``, then ``views``."""
+        return [self.cfg.image, *self.cfg.views]
+
+    def image_tokens(self, tokens: Mapping[str, Tokens]) -> Tokens | None:
+        """The image's tokens, its views joined along the features (B, Ni, Dv); None when
+        the batch has no image."""
+        return join_views(tokens, self.image_modalities, "blip")
 
     # -- the three modes -----------------------------------------------------------------
 
@@ -188,7 +205,7 @@ class BlipFusion(Fusion):
     def forward(self, tokens: dict[str, Tokens]) -> FusionOutput:
         cfg = self.cfg
         out, embeddings = dict(tokens), {}
-        image, text = tokens.get(cfg.image), tokens.get(cfg.text)
+        image, text = self.image_tokens(tokens), tokens.get(cfg.text)
         if image is not None and self.vision_proj is not None:
             embeddings[cfg.image] = self.vision_proj(image.x[:, 0])  # (B, E)
         if text is not None and "itc" in cfg.modes:

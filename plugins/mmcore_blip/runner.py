@@ -74,15 +74,35 @@ class BlipCaptionRunner:
         return self.parts.fusion.reorder(cache, rows)
 
 
-def encode_images(model: Any, images: Sequence[Any] | Tensor) -> Tokens:
-    """Raw images (paths, PIL) or pixels (B, 3, S, S) -> encoded image tokens (B, Ni, Dv)."""
-    modality = blip_parts(model).fusion.cfg.image
-    pixels = images if isinstance(images, Tensor) else model.preprocess(modality, images)
-    return model.encode({modality: pixels})[modality]
+Pixels = Tensor | dict[str, Tensor]
+
+
+def preprocess_images(model: Any, images: Sequence[Any] | Pixels) -> dict[str, Tensor]:
+    """Raw images (paths, PIL) -> pixels (B, 3, S, S) for the image modality and each of
+    its views, by modality; pixels already made pass through (a tensor: the image
+    modality's, allowed only without views)."""
+    fusion = blip_parts(model).fusion
+    if isinstance(images, dict):
+        return images
+    if isinstance(images, Tensor):
+        if fusion.cfg.views:
+            raise ValueError(f"this BLIP joins the views {fusion.cfg.views}: give raw images, "
+                             "or pixels by modality")
+        return {fusion.cfg.image: images}
+    return {m: model.preprocess(m, images) for m in fusion.image_modalities}
+
+
+def encode_images(model: Any, images: Sequence[Any] | Pixels) -> Tokens:
+    """Raw images (paths, PIL) or pixels (see :func:`preprocess_images`) -> encoded image
+    tokens, the views joined (B, Ni, Dv)."""
+    fusion = blip_parts(model).fusion
+    tokens = fusion.image_tokens(model.encode(preprocess_images(model, images)))
+    assert tokens is not None
+    return tokens
 
 
 @torch.no_grad()
-def generate_captions(model: Any, images: Sequence[Any] | Tensor, *,
+def generate_captions(model: Any, images: Sequence[Any] | Pixels, *,
                       config: GenerationConfig | None = None,
                       generator: torch.Generator | None = None) -> GenerationOutput:
     """Caption ids for each image through the one loop: the prompt is [DEC]
@@ -121,7 +141,7 @@ def decode_text(model: Any, ids: Tensor) -> list[str]:
     return out
 
 
-def caption(model: Any, images: Sequence[Any] | Tensor, *,
+def caption(model: Any, images: Sequence[Any] | Pixels, *,
             config: GenerationConfig | None = None,
             generator: torch.Generator | None = None) -> list[str]:
     """One caption per image (greedy unless ``config`` samples)."""
@@ -130,12 +150,12 @@ def caption(model: Any, images: Sequence[Any] | Tensor, *,
 
 
 @torch.no_grad()
-def itm_scores(model: Any, pixels: Tensor, text: Any) -> Tensor:
-    """P(matched) of each (image i, text i): pixels (B, 3, S, S) and the collated text
-    input. -> (B,) from the ITM head over the grounded encoder's first token."""
+def itm_scores(model: Any, pixels: Pixels, text: Any) -> Tensor:
+    """P(matched) of each (image i, text i): pixels (see :func:`preprocess_images`) and the
+    collated text input. -> (B,) from the ITM head over the grounded encoder's first token."""
     parts = blip_parts(model)
     if parts.itm is None:
         raise ValueError("this BLIP model has no blip-matching objective (no ITM head)")
-    tokens = model.encode({parts.fusion.cfg.image: pixels, parts.fusion.cfg.text: text})
+    tokens = model.encode({**preprocess_images(model, pixels), parts.fusion.cfg.text: text})
     fused = parts.fusion(tokens).tokens["fused"]
     return torch.softmax(parts.itm.head(fused.x[:, 0]).float(), dim=-1)[:, 1]

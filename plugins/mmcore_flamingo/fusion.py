@@ -24,6 +24,7 @@ from mmcore.layers.kv_cache import KVCache
 from mmcore_flamingo.masking import attend_mask, check_count, media_index, per_row_media
 from mmcore_fusions import GatedCrossAttentionBlock, PerceiverResampler
 from mmcore_fusions.resampler import ResamplerParams, inner_attention, resampler_cost
+from mmcore_fusions.views import join_views
 from mmcore_llama import DecoderLMConfig, LMTokens, decoder_lm_cost
 from mmcore_llama.components import decoder_shape, last_real
 
@@ -31,6 +32,10 @@ from mmcore_llama.components import decoder_shape, last_real
 class FlamingoConfig(DecoderLMConfig):
     #: the modality of the visual tokens (one entry per image, K for the batch)
     image: str = "image"
+    #: more modalities over the same images (their own towers, e.g. a colour-free view:
+    #: see ``ModalitySpec.source``), joined with the image's tokens along the features
+    #: before the resampler; each must give as many tokens per image as ``image``
+    views: list[str] = Field(default_factory=list)
     #: the id of the ``<image>`` marker in the text
     media_token_id: int = Field(ge=0)
     #: a gated block before LM layers first, first + every, first + 2 every, ...
@@ -77,10 +82,13 @@ class FlamingoFusion(Fusion):
     is the plain LM; with images the text must be :class:`LMTokens` (its ids locate the
     ``<image>`` markers)."""
 
-    def __init__(self, cfg: FlamingoConfig, width: int, visual_width: int,
+    def __init__(self, cfg: FlamingoConfig, width: int, image_widths: dict[str, int],
                  kernels: KernelSet) -> None:
         super().__init__()
         self.cfg = cfg
+        #: feature width of the image modality and of each view, in joining order
+        self.image_widths = dict(image_widths)
+        visual_width = sum(self.image_widths.values())
         self.stack = DecoderStack(decoder_shape(cfg, width), kernels)
         self.stack.requires_grad_(not cfg.freeze_lm)
         self.resampler = (None if cfg.resampler is None else PerceiverResampler(
@@ -113,9 +121,21 @@ class FlamingoFusion(Fusion):
                 f"flamingo: resampler {resampler:,} parameters; blocks + resampler "
                 f"{sum(blocks) + resampler:,}; LM trunk {count(self.stack):,}"]
 
+    @property
+    def image_modalities(self) -> list[str]:
+        """The modalities whose tokens make the visual tokens: ``image``, then ``views``."""
+        return [self.cfg.image, *self.cfg.views]
+
     def media(self, image: Tokens) -> Tensor:
-        """Each image's visual tokens, resampled when configured. (K, M, Dv)"""
+        """Each image's visual tokens (its views joined), resampled when configured.
+        (K, M, Dv)"""
         return image.x if self.resampler is None else self.resampler(image)
+
+    def encode_media(self, tokens: dict[str, Tokens]) -> Tensor | None:
+        """The batch's images (the image modality and its views) -> :meth:`media`; None
+        when it has none."""
+        joined = join_views(tokens, self.image_modalities, "flamingo")
+        return None if joined is None else self.media(joined)
 
     def hook(self, visual: Tensor, attend: Tensor) -> LayerHook:
         """The trunk hook running block ``i`` (if any) before layer ``i``, each token seeing
@@ -159,9 +179,9 @@ class FlamingoFusion(Fusion):
         if self.cfg.text not in tokens:
             raise ValueError(f"flamingo reads modality {self.cfg.text!r}; the batch has "
                              f"{sorted(tokens)}")
-        text, image = tokens[self.cfg.text], tokens.get(self.cfg.image)
+        text = tokens[self.cfg.text]
         ids = getattr(text, "ids", None)
-        features = None if image is None else self.media(image)
+        features = self.encode_media(tokens)
         if features is None and ids is not None and ids.device.type != "meta":
             check_count(ids, 0, self.cfg.media_token_id)
         x = self.hidden(text.x, text.mask, ids, features)
@@ -171,11 +191,12 @@ class FlamingoFusion(Fusion):
 
 
 def build_flamingo(cfg: FlamingoConfig, ctx: BuildContext) -> FlamingoFusion:
-    missing = [m for m in (cfg.text, cfg.image) if m not in ctx.widths]
+    missing = [m for m in (cfg.text, cfg.image, *cfg.views) if m not in ctx.widths]
     if missing:
         raise ValueError(f"flamingo: the model has no modality {missing[0]!r}; it has "
                          f"{sorted(ctx.widths)}")
-    return FlamingoFusion(cfg, ctx.widths[cfg.text], ctx.widths[cfg.image], ctx.kernels)
+    image_widths = {m: ctx.widths[m] for m in (cfg.image, *cfg.views)}
+    return FlamingoFusion(cfg, ctx.widths[cfg.text], image_widths, ctx.kernels)
 
 
 def gated_block_cost(cfg: FlamingoConfig, tokens: int, width: int, visual: Shape) -> Cost:
@@ -196,10 +217,12 @@ def gated_block_cost(cfg: FlamingoConfig, tokens: int, width: int, visual: Shape
 def flamingo_cost(cfg: FlamingoConfig, ctx: CostContext) -> Cost:
     """The trunk over the text context, the resampler over one image, and the blocks with
     every text token attending to one image's (resampled) tokens."""
-    if cfg.image not in ctx.shapes:
-        raise ValueError(f"flamingo's cost needs the token shape of modality {cfg.image!r}")
+    lacking = [m for m in (cfg.image, *cfg.views) if m not in ctx.shapes]
+    if lacking:
+        raise ValueError(f"flamingo's cost needs the token shape of modality {lacking[0]!r}")
     trunk = decoder_lm_cost(cfg, ctx)
-    text, visual = ctx.shapes[cfg.text], ctx.shapes[cfg.image]
+    text, image = ctx.shapes[cfg.text], ctx.shapes[cfg.image]
+    visual = Shape(image.tokens, sum(ctx.shapes[m].width for m in (cfg.image, *cfg.views)))
     cost = Cost()
     if cfg.resampler is not None:
         cost = resampler_cost(cfg.resampler, visual, visual.width)
@@ -211,16 +234,15 @@ def flamingo_cost(cfg: FlamingoConfig, ctx: CostContext) -> Cost:
 def example_flamingo(module: FlamingoFusion, batch_size: int,
                      generator: torch.Generator) -> dict[str, Tokens]:
     """One image per row (its marker after a first text token, so the first token sees
-    none), right padding after it, for the conformance suite (rows slice with images)."""
+    none; 3 tokens per view), right padding after it, for the conformance suite (rows
+    slice with images)."""
     cfg, length = module.cfg, 7
     width = module.embedding_widths[cfg.text]
-    block = next(iter(module.xattn.values()))
-    assert isinstance(block, GatedCrossAttentionBlock)
-    visual_width = block.attn.k_proj.in_features
     ids = torch.randint(0, cfg.media_token_id, (batch_size, length), generator=generator)
     ids[:, 1] = cfg.media_token_id
     lengths = torch.randint(3, length + 1, (batch_size,), generator=generator)
     mask = torch.arange(length)[None, :] < lengths[:, None]
     text = LMTokens(torch.randn(batch_size, length, width, generator=generator), mask, ids=ids)
-    image = Tokens(torch.randn(batch_size, 3, visual_width, generator=generator))
-    return {cfg.text: text, cfg.image: image}
+    images = {m: Tokens(torch.randn(batch_size, 3, w, generator=generator))
+              for m, w in module.image_widths.items()}
+    return {cfg.text: text, **images}

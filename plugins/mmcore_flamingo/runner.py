@@ -40,14 +40,15 @@ class FlamingoCache:
 
 class FlamingoRunner:
     """The generation loop's view of a Flamingo model holding ``pixels (K, 3, S, S)``: the
-    images of the prompts in the order of their ``<image>`` markers, prompt after prompt."""
+    images of the prompts in the order of their ``<image>`` markers, prompt after prompt (a
+    dict of them by modality when the fusion has ``views``)."""
 
-    def __init__(self, model: Any, pixels: Tensor | None) -> None:
+    def __init__(self, model: Any, pixels: Tensor | dict[str, Tensor] | None) -> None:
         self.embedding, self.fusion, self.head = flamingo_parts(model)
         self.features: Tensor | None = None
         if pixels is not None:
-            image = self.fusion.cfg.image
-            self.features = self.fusion.media(model.encode({image: pixels})[image])  # (K, M, Dv)
+            inputs = pixels if isinstance(pixels, dict) else {self.fusion.cfg.image: pixels}
+            self.features = self.fusion.encode_media(model.encode(inputs))  # (K, M, Dv)
 
     def _rows_features(self, per_row: Tensor) -> Tensor:
         """The images of the rows, where each of the B prompts may be repeated R / B times
@@ -137,9 +138,10 @@ def prepare(model: Any, prompts: Sequence[str], images: Sequence[Any]
     fusion = flamingo_parts(model)[1]
     rows = [pre.row({"prompt": p}) for p in prompts]
     ids, mask = left_pad(rows, pre.pad_token_id)
-    pixels = model.preprocess(fusion.cfg.image, [list(images)]) if images else None
     device = next(model.parameters()).device
-    runner = FlamingoRunner(model, None if pixels is None else pixels.to(device))
+    pixels = {m: model.preprocess(m, [list(images)]).to(device)
+              for m in fusion.image_modalities} if images else None
+    runner = FlamingoRunner(model, pixels)
     return runner, ids.to(device), mask.to(device)
 
 

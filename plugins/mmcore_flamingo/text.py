@@ -17,8 +17,9 @@ from pydantic import Field
 from torch import Tensor
 
 from mmcore.builder import BuildContext
-from mmcore.imaging import resize_to_tensor, to_pil
+from mmcore.imaging import PixelStd
 from mmcore.registry import ComponentConfig
+from mmcore_image.preprocess import ImagePreprocessConfig, ImagePreprocessor
 
 IMAGE, END_OF_CHUNK = "<image>", "<|endofchunk|>"
 BOS, EOS, PAD, IMAGE_ID, CHUNK_ID = 256, 257, 258, 259, 260
@@ -127,22 +128,17 @@ def example_sequences(preprocessor: Any, batch_size: int, generator: Any) -> lis
     return [items[i % len(items)] for i in range(batch_size)]
 
 
-class InterleavedImagesConfig(ComponentConfig):
-    size: int = Field(224, gt=0)
+class InterleavedImagesConfig(ImagePreprocessConfig):
+    """The ``image`` preprocessor's options (``channels`` too), with Flamingo's defaults."""
+
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    center_crop: bool = True
-    max_pixels: int = Field(89_478_485, gt=0)
+    std: tuple[PixelStd, PixelStd, PixelStd] = (0.25, 0.25, 0.25)
 
 
-class InterleavedImagesPreprocessor:
+class InterleavedImagesPreprocessor(ImagePreprocessor):
     """Items (each a list of images, or one image) -> (K, 3, size, size): every image of
-    every item, in order (the order of the ``<image>`` markers, item after item)."""
-
-    def __init__(self, cfg: InterleavedImagesConfig) -> None:
-        self.cfg = cfg
-        self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
-        self.std = torch.tensor(cfg.std).view(3, 1, 1)
+    every item, in order (the order of the ``<image>`` markers, item after item), each as
+    the ``image`` preprocessor makes it."""
 
     def __call__(self, items: Sequence[Any]) -> Tensor:
         flat = [img for item in items
@@ -150,12 +146,6 @@ class InterleavedImagesPreprocessor:
         if not flat:
             raise ValueError("no images given")
         return torch.stack([self.one(img) for img in flat])
-
-    def one(self, item: Any) -> Tensor:
-        """One image -> (3, size, size)."""
-        image = to_pil(item, self.cfg.max_pixels, "image")
-        return resize_to_tensor(image, self.cfg.size, center_crop=self.cfg.center_crop,
-                                mean=self.mean, std=self.std)
 
 
 def build_interleaved_images(cfg: InterleavedImagesConfig,

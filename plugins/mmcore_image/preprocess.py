@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -24,11 +24,17 @@ class ImagePreprocessConfig(ComponentConfig):
     center_crop: bool = True
     #: images with more pixels than this are refused (decompression-bomb guard)
     max_pixels: int = Field(89_478_485, gt=0)
+    #: what the three channels hold: ``rgb``; ``grey`` (ITU-R 601 luma); or ``chroma``
+    #: (max - min over R, G, B per pixel, divided by the image's largest), a colour-free
+    #: view in which a saturated shape on a grey ground is a silhouette. The one-channel
+    #: views are repeated three times (like torchvision's ``Grayscale(3)``), then normalised.
+    channels: Literal["rgb", "grey", "chroma"] = "rgb"
 
 
 class ImagePreprocessor:
     """items -> (B, 3, size, size) float32: resize the short side (bicubic), center-crop,
-    scale to [0, 1], normalise with mean/std."""
+    scale to [0, 1], optionally turn into a grey or chroma view (``channels``), normalise
+    with mean/std."""
 
     def __init__(self, cfg: ImagePreprocessConfig) -> None:
         self.cfg = cfg
@@ -48,5 +54,28 @@ class ImagePreprocessor:
     def one(self, item: Any) -> Tensor:
         """One image -> (3, size, size)."""
         image = to_pil(item, self.cfg.max_pixels, "image")
-        return resize_to_tensor(image, self.cfg.size, center_crop=self.cfg.center_crop,
-                                mean=self.mean, std=self.std)
+        if self.cfg.channels == "rgb":
+            return resize_to_tensor(image, self.cfg.size, center_crop=self.cfg.center_crop,
+                                    mean=self.mean, std=self.std)
+        pixels = resize_to_tensor(image, self.cfg.size, center_crop=self.cfg.center_crop,
+                                  mean=torch.zeros(3, 1, 1), std=torch.ones(3, 1, 1))
+        return (view(pixels, self.cfg.channels) - self.mean) / self.std
+
+
+#: ITU-R BT.601 luma weights of R, G, B
+LUMA = (0.299, 0.587, 0.114)
+
+
+def view(pixels: Tensor, channels: str) -> Tensor:
+    """(3, H, W) RGB in [0, 1] -> (3, H, W) in [0, 1]: ``grey`` luma or ``chroma`` (max - min
+    over the channels, scaled so that the image's largest value is 1; an image with no
+    colour at all stays 0), the one channel repeated three times."""
+    if channels == "grey":
+        one = torch.einsum("c,chw->hw", torch.tensor(LUMA, dtype=pixels.dtype), pixels)
+    elif channels == "chroma":
+        one = pixels.amax(dim=0) - pixels.amin(dim=0)
+        top = float(one.max())
+        one = one / top if top > 0 else one
+    else:
+        raise ValueError(f"unknown channels {channels!r}; use rgb, grey or chroma")
+    return one.unsqueeze(0).expand(3, -1, -1).contiguous()

@@ -121,6 +121,9 @@ def register_presets(register: Register) -> None:
     register("llava-tiny", SPECS / "llava-tiny.yaml",
              summary="tiny LLaVA (ViT + projector + LLaMA LM) trained from scratch on "
                      "shapes-vqa in minutes on a CPU")
+    register("shapes-views", SPECS / "shapes-views.yaml",
+             summary="llava-tiny's and flamingo-tiny's two vision towers: RGB with a colour "
+                     "classifier, the colour-free chroma view with a shape classifier")
     register("shapes-factors", SPECS / "shapes-factors.yaml",
              summary="llava-tiny's vision tower pre-trained with separate colour and shape "
                      "classifiers (load it with --init modalities.image=RUN)")

@@ -38,6 +38,10 @@ def _parts(model: Any) -> tuple[LMEmbedding, LlavaFusion, LMHead, str]:
                               f"{type(fusion).__name__}")
     if (fusion.cfg.text, fusion.cfg.image) != (TEXT, IMAGE):
         raise CheckpointError(f"hf-llava exports modalities {TEXT!r} and {IMAGE!r}")
+    if fusion.cfg.views:
+        raise CheckpointError(f"hf-llava exports one vision tower; this model also joins the "
+                              f"views {fusion.cfg.views}, which LlavaForConditionalGeneration "
+                              "cannot hold")
     embedding = model.tokenizers[TEXT]
     heads = [(n, h) for n, h in model.heads.items() if isinstance(h, LMHead)]
     if not isinstance(embedding, LMEmbedding) or len(heads) != 1:

@@ -20,6 +20,7 @@ from mmcore.cost import Cost, CostContext, Shape, linear
 from mmcore.kernels import KernelSet
 from mmcore.layers.decoder import DecoderStack, LayerHook
 from mmcore.layers.kv_cache import KVCache
+from mmcore_fusions.views import join_views
 from mmcore_llama import DecoderLMConfig, LMTokens, decoder_lm_cost
 from mmcore_llama.components import decoder_shape, last_real
 
@@ -29,6 +30,11 @@ PROJECTORS = ("linear", "mlp2x_gelu")
 class LlavaConfig(DecoderLMConfig):
     #: the modality whose tokens are spliced in (the vision tower's patch tokens)
     image: str = "image"
+    #: more modalities over the same images (each its own tower, e.g. a colour-free view
+    #: of the image: see ``ModalitySpec.source``), their tokens concatenated with the
+    #: image's along the features before the projector, as Eagle joins several vision
+    #: encoders; each must give as many tokens per image as ``image``
+    views: list[str] = Field(default_factory=list)
     #: the id of the ``<image>`` placeholder in the text (each image fills as many
     #: consecutive placeholders as it has tokens)
     image_token_id: int = Field(ge=0)
@@ -81,11 +87,14 @@ class LlavaFusion(Fusion):
     (LMTokens) and the last real token's (B, D). The text must be :class:`LMTokens`
     (its ``ids`` say where the placeholders are) whenever images are given."""
 
-    def __init__(self, cfg: LlavaConfig, width: int, image_width: int,
+    def __init__(self, cfg: LlavaConfig, width: int, image_widths: dict[str, int],
                  kernels: KernelSet) -> None:
         super().__init__()
         self.cfg = cfg
-        self.projector = Projector(cfg.projector, image_width, width, cfg.projector_bias)
+        #: feature width of the image modality and of each view, in concatenation order
+        self.image_widths = dict(image_widths)
+        self.projector = Projector(cfg.projector, sum(self.image_widths.values()), width,
+                                   cfg.projector_bias)
         self.stack = DecoderStack(decoder_shape(cfg, width), kernels)
         self.stack.requires_grad_(not cfg.freeze_lm)
         self.embedding_widths = {cfg.text: width}
@@ -102,10 +111,22 @@ class LlavaFusion(Fusion):
         """Input embeddings (B, T, D), images already spliced -> hidden states (B, T, D)."""
         return self.stack(embeds, mask, cache, positions, hook)
 
-    def spliced(self, text: Tokens, image: Tokens | None) -> Tensor:
-        """The text embeddings with the projected image tokens in place. (B, T, D)"""
+    @property
+    def image_modalities(self) -> list[str]:
+        """The modalities whose tokens make the image tokens: ``image``, then ``views``."""
+        return [self.cfg.image, *self.cfg.views]
+
+    def image_features(self, tokens: dict[str, Tokens]) -> Tensor | None:
+        """The image and its views' tokens joined along the features (K, N, Dv); None
+        when the batch has no images (see :func:`mmcore_fusions.views.join_views`)."""
+        joined = join_views(tokens, self.image_modalities, "llava")
+        return None if joined is None else joined.x
+
+    def spliced(self, text: Tokens, image: Tensor | None) -> Tensor:
+        """The text embeddings with the projected image tokens ``image (K, N, Dv)`` (see
+        :meth:`image_features`) in place. (B, T, D)"""
         ids = getattr(text, "ids", None)
-        features = None if image is None else self.projector(image.x)  # (K, N, D)
+        features = None if image is None else self.projector(image)  # (K, N, D)
         if ids is None:
             if features is not None:
                 raise ValueError("llava: images were given but the text tokens carry no ids "
@@ -118,7 +139,7 @@ class LlavaFusion(Fusion):
             raise ValueError(f"llava reads modality {self.cfg.text!r}; the batch has "
                              f"{sorted(tokens)}")
         text = tokens[self.cfg.text]
-        x = self.hidden(self.spliced(text, tokens.get(self.cfg.image)), text.mask)
+        x = self.hidden(self.spliced(text, self.image_features(tokens)), text.mask)
         out = LMTokens(x, text.mask, ids=getattr(text, "ids", None),
                        embedding=getattr(text, "embedding", None))
         return FusionOutput(tokens={**tokens, self.cfg.text: out},
@@ -126,11 +147,12 @@ class LlavaFusion(Fusion):
 
 
 def build_llava(cfg: LlavaConfig, ctx: BuildContext) -> LlavaFusion:
-    missing = [m for m in (cfg.text, cfg.image) if m not in ctx.widths]
+    missing = [m for m in (cfg.text, cfg.image, *cfg.views) if m not in ctx.widths]
     if missing:
         raise ValueError(f"llava: the model has no modality {missing[0]!r}; it has "
                          f"{sorted(ctx.widths)}")
-    return LlavaFusion(cfg, ctx.widths[cfg.text], ctx.widths[cfg.image], ctx.kernels)
+    image_widths = {m: ctx.widths[m] for m in (cfg.image, *cfg.views)}
+    return LlavaFusion(cfg, ctx.widths[cfg.text], image_widths, ctx.kernels)
 
 
 def projector_cost(cfg: LlavaConfig, image: Shape, width: int) -> Cost:
@@ -143,24 +165,27 @@ def projector_cost(cfg: LlavaConfig, image: Shape, width: int) -> Cost:
 
 def llava_cost(cfg: LlavaConfig, ctx: CostContext) -> Cost:
     """The projector over one image plus the trunk over the text's full context."""
-    if cfg.image not in ctx.shapes:
-        raise ValueError(f"llava's cost needs the token shape of modality {cfg.image!r}")
+    lacking = [m for m in (cfg.image, *cfg.views) if m not in ctx.shapes]
+    if lacking:
+        raise ValueError(f"llava's cost needs the token shape of modality {lacking[0]!r}")
     trunk = decoder_lm_cost(cfg, ctx)
     width = ctx.shapes[cfg.text].width
-    return projector_cost(cfg, ctx.shapes[cfg.image], width) + trunk
+    image = ctx.shapes[cfg.image]
+    joined = Shape(image.tokens, sum(ctx.shapes[m].width for m in (cfg.image, *cfg.views)))
+    return projector_cost(cfg, joined, width) + trunk
 
 
 def example_llava(module: LlavaFusion, batch_size: int,
                   generator: torch.Generator) -> dict[str, Tokens]:
-    """One image of 3 tokens per row, its placeholders after a first text token, and
-    right padding after them, for the conformance suite."""
+    """One image of 3 tokens per row (and per view), its placeholders after a first text
+    token, and right padding after them, for the conformance suite."""
     cfg, n, length = module.cfg, 3, 7
     width = module.embedding_widths[cfg.text]
-    image_width = module.projector.linear_1.in_features
     ids = torch.randint(0, cfg.image_token_id, (batch_size, length), generator=generator)
     ids[:, 1 : 1 + n] = cfg.image_token_id
     lengths = torch.randint(n + 1, length + 1, (batch_size,), generator=generator)
     mask = torch.arange(length)[None, :] < lengths[:, None]
     text = LMTokens(torch.randn(batch_size, length, width, generator=generator), mask, ids=ids)
-    image = Tokens(torch.randn(batch_size, n, image_width, generator=generator))
-    return {cfg.text: text, cfg.image: image}
+    images = {m: Tokens(torch.randn(batch_size, n, w, generator=generator))
+              for m, w in module.image_widths.items()}
+    return {cfg.text: text, **images}

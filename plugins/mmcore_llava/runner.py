@@ -26,16 +26,17 @@ def llava_parts(model: Any) -> tuple[LMEmbedding, LlavaFusion, LMHead]:
 
 class LlavaRunner:
     """The generation loop's view of a LLaVA model holding ``pixels (K, 3, S, S)``: the
-    images of the prompts, in the order of their placeholders (prompt after prompt)."""
+    images of the prompts, in the order of their placeholders (prompt after prompt); a
+    dict of them by modality when the fusion has ``views``."""
 
-    def __init__(self, model: Any, pixels: Tensor | None) -> None:
+    def __init__(self, model: Any, pixels: Tensor | dict[str, Tensor] | None) -> None:
         self.model = model
         self.embedding, self.fusion, self.head = llava_parts(model)
         self.features: Tensor | None = None
         if pixels is not None:
-            image = self.fusion.cfg.image
-            tokens = model.encode({image: pixels})[image]  # (K, N, Dv)
-            self.features = self.fusion.projector(tokens.x)  # (K, N, D)
+            inputs = pixels if isinstance(pixels, dict) else {self.fusion.cfg.image: pixels}
+            features = self.fusion.image_features(model.encode(inputs))  # (K, N, Dv)
+            self.features = None if features is None else self.fusion.projector(features)
 
     def _rows_features(self, ids: Tensor) -> Tensor | None:
         """The image tokens of rows ``ids (R, T)``, where each of the B prompts may be
@@ -108,9 +109,10 @@ def prepare(model: Any, prompts: Sequence[str], images: Sequence[Any]
     fusion = llava_parts(model)[1]
     batch = chat(list(prompts))
     ids, mask = left_padded(batch["ids"], batch["mask"], chat.pad_token_id)
-    pixels = model.preprocess(fusion.cfg.image, list(images)) if images else None
     device = next(model.parameters()).device
-    runner = LlavaRunner(model, None if pixels is None else pixels.to(device))
+    pixels = {m: model.preprocess(m, list(images)).to(device)
+              for m in fusion.image_modalities} if images else None
+    runner = LlavaRunner(model, pixels)
     return runner, ids.to(device), mask.to(device)
 
 
