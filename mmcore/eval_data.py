@@ -44,7 +44,10 @@ def embed_raw(model: Any, modality: str, items: Sequence[Any], batch_size: int,
     batches, on the CPU."""
     out = []
     for rows in batches(len(items), batch_size):
-        inputs = model.preprocess_with_views(modality, [items[i] for i in rows])
+        raw = [items[i] for i in rows]
+        with_views = getattr(model, "preprocess_with_views", None)  # a MultimodalModel's
+        inputs = (with_views(modality, raw) if with_views is not None
+                  else {modality: model.preprocess(modality, raw)})
         emb = (model.embed(modality, inputs[modality]) if len(inputs) == 1  # no views
                else model.fusion(model.encode(inputs)).embeddings[modality]).float()
         out.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())

@@ -292,38 +292,56 @@ def _chance_hit(positives: Tensor, n: int, k: int) -> Tensor:
 # --- classification ---------------------------------------------------------------------
 
 
-def classifier_head(model: Any) -> tuple[str, str]:
-    """(head name, label key) of the model's classifier: the head a ``classification``
-    objective trains (its ``head`` and ``target``), else the model's only head."""
+def classifier_heads(model: Any) -> list[tuple[str, str]]:
+    """(head name, label key) of each of the model's classifiers: the heads ``classification``
+    objectives train (their ``head`` and ``target``), else the model's only head."""
+    found = []
     for objective in getattr(model, "objectives", {}).values():
         cfg = getattr(objective, "cfg", None)
         head, target = getattr(cfg, "head", None), getattr(cfg, "target", None)
         if isinstance(head, str) and isinstance(target, str) and head in model.heads:
-            return head, target
-    if len(getattr(model, "heads", {})) == 1:
-        return next(iter(model.heads)), "label"
-    raise ValueError("classification needs a model with a classification head (a "
-                     "'classification' objective naming it); this model has heads "
-                     f"{sorted(getattr(model, 'heads', {}))}")
+            found.append((head, target))
+    if not found and len(getattr(model, "heads", {})) == 1:
+        found.append((next(iter(model.heads)), "label"))
+    if not found:
+        raise ValueError("classification needs a model with a classification head (a "
+                         "'classification' objective naming it); this model has heads "
+                         f"{sorted(getattr(model, 'heads', {}))}")
+    return found
+
+
+def classifier_head(model: Any) -> tuple[str, str]:
+    """The first of :func:`classifier_heads`."""
+    return classifier_heads(model)[0]
 
 
 def classification(model: Any, dataset: Dataset, batch_size: int = 256,
                    progress: bool = True) -> dict[str, Any]:
     """Top-1/top-5 accuracy of the model's classification head on ``dataset`` (items with
-    the model's modalities and a label), with chance levels over the head's classes."""
+    the model's modalities and a label), with chance levels over the head's classes. A model
+    with several classification heads (e.g. colour and shape) reports the first as usual
+    and each other one as ``<head>/top1`` and ``<head>/top5``."""
     from mmcore.data import Collator
 
-    head, target = classifier_head(model)
-    keys = [*model.modalities, target]
+    heads = classifier_heads(model)
+    keys = [*model.modalities, *(target for _, target in heads)]
     collate = Collator.for_model(model)
-    logits, labels = [], []
+    logits: dict[str, list[Tensor]] = {h: [] for h, _ in heads}
+    labels: dict[str, list[Tensor]] = {h: [] for h, _ in heads}
     with Progress(len(dataset), desc="classification", unit="item", enabled=progress) as bar:
         for rows in batches(len(dataset), batch_size):
             items = [{k: v for k, v in dataset[i].items() if k in keys} for i in rows]
             batch = collate(items)
-            logits.append(model(batch).heads[head].float().cpu())  # (B, C)
-            labels.append(batch[target].cpu())
+            out = model(batch).heads
+            for head, target in heads:
+                logits[head].append(out[head].float().cpu())  # (B, C)
+                labels[head].append(batch[target].cpu())
             bar.update(len(rows))
-    scores, truth = torch.cat(logits), torch.cat(labels)
-    return {"task": "classification", "head": head, "samples": len(truth),
-            "num_classes": scores.shape[1], **_topk(scores, truth, scores.shape[1])}
+    (first, _), *others = heads
+    scores, truth = torch.cat(logits[first]), torch.cat(labels[first])
+    result = {"task": "classification", "head": first, "samples": len(truth),
+              "num_classes": scores.shape[1], **_topk(scores, truth, scores.shape[1])}
+    for head, _ in others:
+        more = _topk(torch.cat(logits[head]), torch.cat(labels[head]), logits[head][0].shape[1])
+        result.update({f"{head}/{k}": more[k] for k in ("top1", "top5")})
+    return result

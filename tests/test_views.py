@@ -139,3 +139,29 @@ def test_flamingo_joins_the_views_before_the_resampler() -> None:
     inputs = {"image": pixels, "text": text, **{v: pixels for v in model.fusion.cfg.views}}
     features = model.fusion.encode_media(model.encode(inputs))
     assert features is not None and features.shape[-1] == sum(widths.values())
+
+
+def test_classification_reports_every_classification_head() -> None:
+    from mmcore.data import spec_dataset
+    from mmcore.evaluate import classification
+
+    torch.manual_seed(0)
+    model = mmcore.build("shapes-views").eval()
+    data = spec_dataset(model.spec, "eval")
+    items = [data[i] for i in range(12)]
+    with torch.no_grad():
+        result = classification(model, items, batch_size=5, progress=False)
+        heads = model(Collator.for_model(model)(items)).heads
+    want = {name: float((heads[name].argmax(1) == torch.tensor([it[name] for it in items]))
+                        .float().mean()) for name in ("colour", "shape")}
+    assert result["head"] == "colour" and result["top1"] == pytest.approx(want["colour"])
+    assert result["shape/top1"] == pytest.approx(want["shape"])
+
+
+def test_preprocess_with_views_gives_every_modality_reading_the_key() -> None:
+    model = mmcore.build("blip-tiny")
+    images = [_random_image(4).resize((24, 24)), _random_image(5).resize((24, 24))]
+    inputs = model.preprocess_with_views("image", images)
+    assert sorted(inputs) == ["chroma", "image"]
+    torch.testing.assert_close(inputs["chroma"], model.preprocess("chroma", images))
+    assert sorted(model.preprocess_with_views("text", ["a red star"])) == ["text"]

@@ -16,7 +16,8 @@ A ``check`` question is true half of the time; a false one changes the colour, t
 or both. The ``eval`` split holds only combinations never seen in training.
 
 Two training options (both off by default, which keeps every item as it was):
-``kind_weights`` draws the kinds with these relative weights, and ``seen_checks`` makes a
+``kind_weights`` draws the ``train`` split's kinds with these relative weights (every other
+split asks them uniformly), and ``seen_checks`` makes a
 false ``check`` in the ``train`` split name only combinations that training shows - else a
 held-out combination is only ever named in a question whose answer is ``no``, and the model
 learns to say ``no`` to it. ``recolour`` (a probability) turns the hue of a ``shape``
@@ -56,7 +57,8 @@ class ShapesVQAConfig(ShapesConfig):
     image_size: int = Field(32, ge=8, le=512)
     #: put the <image> placeholder before the question, on a line of its own
     placeholder: str = "<image>\n"
-    #: relative weights of the kinds (colour, shape, check, describe); None: uniform
+    #: relative weights of the kinds (colour, shape, check, describe) in the train split;
+    #: None: uniform (the other splits are always uniform)
     kind_weights: tuple[float, float, float, float] | None = None
     #: a false check in the train split names only combinations seen in training
     seen_checks: bool = False
@@ -162,8 +164,9 @@ class ShapesVQADataset:
         return len(self.images)
 
     def _kind(self, rng: np.random.Generator) -> str:
-        """One of :data:`KINDS`: uniform, or drawn with ``kind_weights``."""
-        weights = self.cfg.kind_weights
+        """One of :data:`KINDS`: uniform, or in the ``train`` split drawn with
+        ``kind_weights``."""
+        weights = self.cfg.kind_weights if self.cfg.split == "train" else None
         if weights is None:
             return KINDS[int(rng.integers(len(KINDS)))]
         p = np.asarray(weights, dtype=np.float64)
