@@ -27,7 +27,7 @@ def _batch(model: mmcore.MultimodalModel, n: int = 4) -> dict[str, object]:
 
     data = ShapesDataset(ShapesConfig(image_size=24, train_size=n))
     items = [data[i] for i in range(n)]
-    return {"image": model.preprocess("image", [it["image"] for it in items]),
+    return {**model.preprocess_with_views("image", [it["image"] for it in items]),  # + chroma
             "text": model.preprocess("text", [it["text"] for it in items])}
 
 
