@@ -165,3 +165,11 @@ def test_preprocess_with_views_gives_every_modality_reading_the_key() -> None:
     assert sorted(inputs) == ["chroma", "image"]
     torch.testing.assert_close(inputs["chroma"], model.preprocess("chroma", images))
     assert sorted(model.preprocess_with_views("text", ["a red star"])) == ["text"]
+
+
+def test_validate_names_a_source_key_the_data_lacks(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmcore.cli import main
+
+    assert main(["validate", "llava-tiny", "modalities.chroma.source=picture"]) != 0
+    err = capsys.readouterr().err
+    assert "chroma (from picture), image, text; no item has 'picture'" in err
