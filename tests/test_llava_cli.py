@@ -83,3 +83,48 @@ def test_vqa_accuracy_on_hand_made_answers() -> None:
     assert result["accuracy/describe"] == 0.0 and result["accuracy/colour"] == 1.0
     with pytest.raises(ValueError, match="2 predictions for 1 answers"):
         vqa_accuracy(["a", "b"], ["a"])
+
+
+def _chat(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lines: str,
+          *argv: str) -> tuple[int, str, str]:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    capsys.readouterr()
+    code = main(["chat", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_chat_answers_about_the_image_as_generate_does(
+        run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    model, image = run
+    code, out, _ = _chat(monkeypatch, capsys, "What colour is the shape?\nAnd?\n/exit\nnot read\n",
+                         str(model), "--image", str(image), "--max-new-tokens", "5")
+    assert code == 0 and len(out.splitlines()) == 2
+    assert main(["generate", str(model), "--prompt", "<image>\nWhat colour is the shape?",
+                 "--image", str(image), "--max-new-tokens", "5", "--json"]) == 0
+    answer = __import__("json").loads(capsys.readouterr().out)[0]["answer"]
+    assert out.splitlines()[0] == answer.strip()
+
+
+def test_chat_options_a_family_does_not_use_are_refused(
+        run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    model, image = run
+    code, _, err = _chat(monkeypatch, capsys, "hi\n", str(model), "--image", str(image),
+                         "--system", "be brief")
+    assert code != 0 and "--system, --template: a LLaVA model chats with its spec's" in err
+
+
+def test_conversation_ids_follow_the_template_turn_after_turn() -> None:
+    from mmcore_llava.chat import BYTE_BOS, BYTE_EOS, BYTE_IMAGE, LlavaChatConfig
+    from mmcore_llava.chat import LlavaChatPreprocessor as Chat
+
+    chat = Chat(LlavaChatConfig(image_tokens=2, template="Q: {prompt} A:"))
+    ids = chat.conversation_ids([("<image>\nhue?", "red")], "shape?")
+    want = ([BYTE_BOS, *b"Q: ", BYTE_IMAGE, BYTE_IMAGE, *b"\nhue? A:", *b" red", BYTE_EOS,
+             *b"Q: shape? A:"])
+    assert ids == want
+    assert chat.conversation_ids([], "<image>\nhue?") == chat.prompt_ids("<image>\nhue?")

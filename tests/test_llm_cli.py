@@ -226,3 +226,11 @@ def test_chat_templates_render_without_executing_anything() -> None:
     assert TEMPLATES["plain"].render(messages[1:2], "", "") == "User: hi\nAssistant:"
     assert recognise("{{ '[INST] ' + m['content'] }}") == "llama2"
     assert recognise("{{ __import__('os').system('x') }}") is None
+
+
+def test_chat_with_an_image_needs_a_model_that_reads_images(
+        lm: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    assert main(["chat", str(lm[1]), "--image", "star.png"]) != 0
+    assert "--image: " in capsys.readouterr().err

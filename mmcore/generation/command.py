@@ -17,8 +17,8 @@ options); a generator rejects the ones it does not use with a clear error
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, TextIO
 
 from mmcore.commands import UsageError, add_json_flag, load_any_model, positive_int
 
@@ -40,6 +40,30 @@ class Generator(Protocol):
     def run(self, model: Any, args: argparse.Namespace) -> int:
         """Generate as ``args`` asks, print or write the results; returns the exit code."""
         ...
+
+
+class ChatDriver(Protocol):
+    """A generator that can also hold a conversation (``mmcore chat``): an optional
+    ``chat`` method beside ``accepts`` and ``run``."""
+
+    def accepts(self, model: Any) -> bool: ...
+
+    def chat(self, model: Any, args: argparse.Namespace, lines: Iterable[str], out: TextIO,
+             warn: TextIO) -> int:
+        """Answer each line of ``lines`` (a user turn; ``/exit`` ends) on ``out``, notes on
+        ``warn``; returns the exit code."""
+        ...
+
+
+def chat_driver(model: Any) -> ChatDriver | None:
+    """The first registered generator that accepts ``model`` and can chat, else None."""
+    from mmcore.plugins import get_registry
+
+    for entry in get_registry().list("generator"):
+        generator = entry.factory()
+        if callable(getattr(generator, "chat", None)) and generator.accepts(model):
+            return generator
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

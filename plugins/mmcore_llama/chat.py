@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from mmcore.commands import EXIT_OK, UsageError, load_any_model, positive_int
 
-SUMMARY = "chat with a text language model (chat template, streamed answers)"
+SUMMARY = "chat with a language model (chat template, streamed answers; --image for LLaVA)"
 STYLES = ("chatml", "llama2", "llama3", "plain")
 Message = tuple[str, str]  # (role, content): role is system, user or assistant
 
@@ -148,18 +148,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=positive_int, default=None, metavar="K")
     parser.add_argument("--top-p", type=float, default=None, metavar="P")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="an image the first message is about, for models that read "
+                             "images (LLaVA; repeatable)")
     parser.set_defaults(num_beams=None, repetition_penalty=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Chat with a text LM: each line of input is a user turn; answers stream as they
-    are generated."""
+    """Chat with a language model: each line of input is a user turn; answers stream as
+    they are generated. Text LMs chat here; other families (LLaVA, with ``--image``)
+    through their registered generator's ``chat``."""
+    from mmcore.generation.command import chat_driver
     from mmcore_llama.cli import is_text_lm
 
     model = load_any_model(args.model)
     if not is_text_lm(model):
-        raise UsageError(f"{args.model} is not a text-only causal LM (mmcore chat drives "
-                         "decoder-lm models)")
+        driver = chat_driver(model)
+        if driver is None:
+            raise UsageError(f"{args.model} is neither a text-only causal LM nor a model "
+                             "whose generator can chat (mmcore list generator)")
+        return driver.chat(model, args, sys.stdin, sys.stdout, sys.stderr)
+    if args.image:
+        raise UsageError(f"--image: {args.model} is a text-only LM and reads no images")
     session = ChatSession(model, args, sys.stderr)
     session.loop(sys.stdin, sys.stdout)
     return EXIT_OK

@@ -132,10 +132,27 @@ class LlavaChatPreprocessor:
     def prompt_ids(self, prompt: str) -> list[int]:
         """BOS + the templated user message, each placeholder expanded."""
         ids = self.vocab.encode(self.cfg.template.format(prompt=prompt))
-        expanded: list[int] = [] if self.vocab.bos is None else [self.vocab.bos]
+        return ([] if self.vocab.bos is None else [self.vocab.bos]) + self._expanded(ids)
+
+    def conversation_ids(self, turns: Sequence[tuple[str, str]], user: str) -> list[int]:
+        """BOS + every past (user message, answer) turn, each answer ended by EOS, then the
+        templated ``user`` message: the ids a multi-turn chat's next answer follows."""
+        ids = self.prompt_ids(turns[0][0] if turns else user)
+        for i, (message, answer) in enumerate(turns):
+            if i:
+                ids += self._expanded(self.vocab.encode(self.cfg.template.format(
+                    prompt=message)))
+            ids += [*self.vocab.encode(self.cfg.answer_prefix + answer), self.vocab.eos]
+        if turns:
+            ids += self._expanded(self.vocab.encode(self.cfg.template.format(prompt=user)))
+        return ids
+
+    def _expanded(self, ids: Sequence[int]) -> list[int]:
+        """Each ``<image>`` id repeated ``image_tokens`` times."""
+        out: list[int] = []
         for i in ids:
-            expanded += [i] * self.cfg.image_tokens if i == self.vocab.image else [i]
-        return expanded
+            out += [i] * self.cfg.image_tokens if i == self.vocab.image else [i]
+        return out
 
     def row(self, item: Any) -> tuple[list[int], list[int]]:
         """(ids, labels) of one item."""

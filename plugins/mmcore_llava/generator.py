@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from mmcore.commands import UsageError, print_json
 from mmcore.generation import GenerationConfig
@@ -30,10 +31,18 @@ def generation_config(model: Any, args: argparse.Namespace) -> GenerationConfig:
 
 
 class LlavaGenerator:
-    """Drives models whose fusion is ``llava``."""
+    """Drives models whose fusion is ``llava``: ``mmcore generate`` and ``mmcore chat``."""
 
     def accepts(self, model: Any) -> bool:
         return isinstance(getattr(model, "fusion", None), LlavaFusion)
+
+    def chat(self, model: Any, args: argparse.Namespace, lines: Iterable[str], out: TextIO,
+             warn: TextIO) -> int:
+        """A conversation about ``args.image`` (see :mod:`mmcore_llava.session`)."""
+        from mmcore_llava.session import LlavaChatSession
+
+        return LlavaChatSession(model, args, generation_config(model, args), warn).loop(
+            lines, out)
 
     def run(self, model: Any, args: argparse.Namespace) -> int:
         reject_unused(args, IMAGE_OPTIONS, "LLaVA models")
