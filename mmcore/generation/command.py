@@ -17,7 +17,7 @@ options); a generator rejects the ones it does not use with a clear error
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, TextIO
 
 from mmcore.commands import UsageError, add_json_flag, load_any_model, positive_int
@@ -53,6 +53,16 @@ class ChatDriver(Protocol):
         """Answer each line of ``lines`` (a user turn; ``/exit`` ends) on ``out``, notes on
         ``warn``; returns the exit code."""
         ...
+
+
+def user_turns(lines: Iterable[str]) -> Iterator[str]:
+    """The user's messages among input ``lines``: blank lines skipped, ``/exit`` ends."""
+    for line in lines:
+        text = line.rstrip("\n")
+        if text.strip() == "/exit":
+            return
+        if text.strip():
+            yield text
 
 
 def chat_driver(model: Any) -> ChatDriver | None:

@@ -193,12 +193,10 @@ class ChatSession:
         self.turns: list[Message] = []
 
     def loop(self, lines: Iterable[str], out: TextIO) -> None:
-        for line in lines:
-            text = line.rstrip("\n")
-            if text.strip() == "/exit":
-                return
-            if text.strip():
-                self.answer(text, out)
+        from mmcore.generation.command import user_turns
+
+        for text in user_turns(lines):
+            self.answer(text, out)
 
     def _fit(self, user: str) -> list[int]:
         """The prompt ids of history + ``user``, dropping the oldest exchanges to leave

@@ -17,6 +17,7 @@ import torch
 
 from mmcore.commands import EXIT_OK, UsageError
 from mmcore.generation import GenerationConfig, stream
+from mmcore.generation.command import user_turns
 from mmcore_llava.chat import IMAGE, count_placeholders
 from mmcore_llava.runner import LlavaRunner, chat_preprocessor, llava_parts
 
@@ -104,10 +105,6 @@ class LlavaChatSession:
         self.turns.append((text, self.chat.decode(pieces).strip()))
 
     def loop(self, lines: Iterable[str], out: TextIO) -> int:
-        for line in lines:
-            text = line.rstrip("\n")
-            if text.strip() == "/exit":
-                break
-            if text.strip():
-                self.answer(text, out)
+        for text in user_turns(lines):
+            self.answer(text, out)
         return EXIT_OK
