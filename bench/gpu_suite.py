@@ -8,7 +8,7 @@ Steps (each is isolated: a failing step is recorded with its error and the rest 
    candidates that pass are timed.
 2. ``attention``: self-attention (4k tokens) and latent cross-attention (256 queries over
    50k keys), bf16, forward and forward+backward, against every SDPA backend, xformers and
-   FlashAttention where installed (``bench/kernels.py`` does the measuring).
+   FlashAttention where installed (``bench/attention_kernels.py`` does the measuring).
 3. ``contrastive``: peak memory and time of the contrastive loss at B = 64k and 256k
    (d = 512, bf16; the anchor is 736 MB at 64k).
 4. ``clip``: CLIP ViT-B/16 training throughput (images/s) and MFU with bf16 autocast and
@@ -42,7 +42,7 @@ import torch
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-import kernels as attention_bench  # noqa: E402  (bench/kernels.py)
+import attention_kernels as attention_bench  # noqa: E402  (not "kernels": a PyPI package)
 
 Result = dict[str, Any]
 #: dense bf16 peak of the GPUs the suite is meant for (TFLOP/s), for MFU
@@ -89,7 +89,7 @@ class Env:
 
 
 def attention_candidates(env: Env) -> dict[str, Callable[..., torch.Tensor]]:
-    """bench/kernels.py's candidates plus FlashAttention (unmasked only) where installed."""
+    """bench/attention_kernels.py's candidates, plus FlashAttention (unmasked) if installed."""
     cands = dict(attention_bench.candidates(env.device))
     if env.device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         from flash_attn import flash_attn_func

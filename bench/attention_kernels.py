@@ -8,7 +8,7 @@ attention, mmcore's float32 reference, and the Triton kernels (plain and split-K
 (the default) tiny float32 shapes and only the torch paths run, in well under a minute.
 Then the contrastive-loss bench runs, if ``bench/contrastive_bench.py`` is present.
 
-    python bench/kernels.py [--device cuda] [--mask] [--iters 20] [--json OUT]
+    python bench/attention_kernels.py [--device cuda] [--mask] [--iters 20] [--json OUT]
 """
 
 from __future__ import annotations
