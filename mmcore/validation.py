@@ -260,9 +260,10 @@ def _key_problems(spec: ModelSpec, item: Mapping[str, Any]) -> list[SpecIssue]:
         if near:
             hints.append(f"rename modality {name!r} to {near.split(' ')[-1].rstrip('?')}?")
     hint = " ".join(hints) or f"no item has {', '.join(map(repr, missing))}"
-    read = ", ".join(sorted(f"{m} (from {k})" if k != m else m for m, k in sources.items()))
+    views = [f"{m} reads {k!r}" for m, k in sorted(sources.items()) if k != m]
+    read = f" ({', '.join(views)})" if views else ""
     return [SpecIssue("data", f"the dataset yields keys {keys} but the spec's modalities are "
-                              f"{read}; {hint}")]
+                              f"{sorted(spec.modalities)}{read}; {hint}")]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -172,4 +172,4 @@ def test_validate_names_a_source_key_the_data_lacks(capsys: pytest.CaptureFixtur
 
     assert main(["validate", "llava-tiny", "modalities.chroma.source=picture"]) != 0
     err = capsys.readouterr().err
-    assert "chroma (from picture), image, text; no item has 'picture'" in err
+    assert "['chroma', 'image', 'text'] (chroma reads 'picture'); no item has 'picture'" in err
