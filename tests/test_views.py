@@ -101,10 +101,12 @@ def _llava_inputs(model: mmcore.MultimodalModel) -> dict[str, object]:
 
 
 def test_llava_joins_the_views_before_the_projector() -> None:
-    model = mmcore.build("llava-tiny").eval()
+    spec = mmcore.load_spec("llava-tiny").model_dump(mode="json", exclude_none=True)
+    spec["fusion"]["join"] = "concat"
+    model = mmcore.build(spec).eval()
     fusion = model.fusion
     assert fusion.image_widths == {"image": 64, "chroma": 64}
-    assert fusion.projector.linear_1.in_features == 128
+    assert fusion.projector.linear_1.in_features == 128 and not fusion.view_projectors
     inputs = _llava_inputs(model)
     tokens = model.encode(inputs)
     joined = fusion.image_features(tokens)
@@ -173,3 +175,17 @@ def test_validate_names_a_source_key_the_data_lacks(capsys: pytest.CaptureFixtur
     assert main(["validate", "llava-tiny", "modalities.chroma.source=picture"]) != 0
     err = capsys.readouterr().err
     assert "['chroma', 'image', 'text'] (chroma reads 'picture'); no item has 'picture'" in err
+
+
+def test_llava_join_sum_gives_each_view_its_own_projector() -> None:
+    torch.manual_seed(0)
+    fusion = mmcore.build("llava-tiny").fusion  # the preset joins by sum
+    assert fusion.projector.linear_1.in_features == 64
+    assert "view_projectors.chroma.linear_1.weight" in dict(fusion.named_parameters())
+    x = torch.randn(2, 36, 128, generator=torch.Generator().manual_seed(2))
+    want = fusion.projector(x[..., :64]) + fusion.view_projectors["chroma"](x[..., 64:])
+    torch.testing.assert_close(fusion.project(x), want)
+    rgb_only = x.clone()
+    rgb_only[..., 64:] = 0  # the RGB part's contribution does not depend on the chroma part
+    zero = fusion.view_projectors["chroma"](torch.zeros(2, 36, 64))
+    torch.testing.assert_close(fusion.project(rgb_only) - zero, fusion.projector(x[..., :64]))

@@ -3,7 +3,8 @@ the ``<image>`` placeholders, run the LLaMA-family decoder trunk.
 
 Keys: ``fusion.projector.linear_1`` / ``linear_2`` (HF's ``multi_modal_projector``) and
 ``fusion.stack.*`` (the same trunk and keys as ``decoder-lm``, so an ``hf-llama`` LM's
-weights fit it unchanged).
+weights fit it unchanged); with ``views`` and ``join: sum``, each view's own projector
+``fusion.view_projectors.<view>.*``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class LlavaConfig(DecoderLMConfig):
     #: image's along the features before the projector, as Eagle joins several vision
     #: encoders; each must give as many tokens per image as ``image``
     views: list[str] = Field(default_factory=list)
+    #: how the views meet: ``concat`` (one projector over the joined features) or ``sum``
+    #: (each view its own projector, ``fusion.view_projectors.<view>``, outputs added), so
+    #: no projector unit mixes two views
+    join: Literal["concat", "sum"] = "concat"
     #: the id of the ``<image>`` placeholder in the text (each image fills as many
     #: consecutive placeholders as it has tokens)
     image_token_id: int = Field(ge=0)
@@ -93,8 +98,12 @@ class LlavaFusion(Fusion):
         self.cfg = cfg
         #: feature width of the image modality and of each view, in concatenation order
         self.image_widths = dict(image_widths)
-        self.projector = Projector(cfg.projector, sum(self.image_widths.values()), width,
-                                   cfg.projector_bias)
+        first = sum(self.image_widths.values()) if cfg.join == "concat" else (
+            self.image_widths[cfg.image])
+        self.projector = Projector(cfg.projector, first, width, cfg.projector_bias)
+        self.view_projectors = nn.ModuleDict({v: Projector(
+            cfg.projector, self.image_widths[v], width, cfg.projector_bias)
+            for v in cfg.views} if cfg.join == "sum" else {})
         self.stack = DecoderStack(decoder_shape(cfg, width), kernels)
         self.stack.requires_grad_(not cfg.freeze_lm)
         self.embedding_widths = {cfg.text: width}
@@ -122,11 +131,22 @@ class LlavaFusion(Fusion):
         joined = join_views(tokens, self.image_modalities, "llava")
         return None if joined is None else joined.x
 
+    def project(self, image: Tensor) -> Tensor:
+        """Joined image features (K, N, Dv) -> LM embeddings (K, N, D): one projector, or
+        with ``join: sum`` each view's slice through its own projector, added."""
+        if self.cfg.join == "concat":
+            return self.projector(image)
+        parts = image.split(list(self.image_widths.values()), dim=-1)
+        out = self.projector(parts[0])
+        for view, part in zip(self.cfg.views, parts[1:], strict=True):
+            out = out + self.view_projectors[view](part)
+        return out
+
     def spliced(self, text: Tokens, image: Tensor | None) -> Tensor:
         """The text embeddings with the projected image tokens ``image (K, N, Dv)`` (see
         :meth:`image_features`) in place. (B, T, D)"""
         ids = getattr(text, "ids", None)
-        features = None if image is None else self.projector(image)  # (K, N, D)
+        features = None if image is None else self.project(image)  # (K, N, D)
         if ids is None:
             if features is not None:
                 raise ValueError("llava: images were given but the text tokens carry no ids "
@@ -171,6 +191,9 @@ def llava_cost(cfg: LlavaConfig, ctx: CostContext) -> Cost:
     trunk = decoder_lm_cost(cfg, ctx)
     width = ctx.shapes[cfg.text].width
     image = ctx.shapes[cfg.image]
+    if cfg.join == "sum":  # one projector per view
+        return sum((projector_cost(cfg, Shape(image.tokens, ctx.shapes[m].width), width)
+                    for m in (cfg.image, *cfg.views)), Cost()) + trunk
     joined = Shape(image.tokens, sum(ctx.shapes[m].width for m in (cfg.image, *cfg.views)))
     return projector_cost(cfg, joined, width) + trunk
 

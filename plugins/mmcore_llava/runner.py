@@ -36,7 +36,7 @@ class LlavaRunner:
         if pixels is not None:
             inputs = pixels if isinstance(pixels, dict) else {self.fusion.cfg.image: pixels}
             features = self.fusion.image_features(model.encode(inputs))  # (K, N, Dv)
-            self.features = None if features is None else self.fusion.projector(features)
+            self.features = None if features is None else self.fusion.project(features)
 
     def _rows_features(self, ids: Tensor) -> Tensor | None:
         """The image tokens of rows ``ids (R, T)``, where each of the B prompts may be
