@@ -89,7 +89,7 @@ def preprocess_images(model: Any, images: Sequence[Any] | Pixels) -> dict[str, T
             raise ValueError(f"this BLIP joins the views {fusion.cfg.views}: give raw images, "
                              "or pixels by modality")
         return {fusion.cfg.image: images}
-    return {m: model.preprocess(m, images) for m in fusion.image_modalities}
+    return dict(model.preprocess_with_views(fusion.cfg.image, images))
 
 
 def encode_images(model: Any, images: Sequence[Any] | Pixels) -> Tokens:

@@ -24,7 +24,7 @@ from mmcore.layers.kv_cache import KVCache
 from mmcore_flamingo.masking import attend_mask, check_count, media_index, per_row_media
 from mmcore_fusions import GatedCrossAttentionBlock, PerceiverResampler
 from mmcore_fusions.resampler import ResamplerParams, inner_attention, resampler_cost
-from mmcore_fusions.views import join_views
+from mmcore_fusions.views import join_views, joined_shape
 from mmcore_llama import DecoderLMConfig, LMTokens, decoder_lm_cost
 from mmcore_llama.components import decoder_shape, last_real
 
@@ -217,12 +217,9 @@ def gated_block_cost(cfg: FlamingoConfig, tokens: int, width: int, visual: Shape
 def flamingo_cost(cfg: FlamingoConfig, ctx: CostContext) -> Cost:
     """The trunk over the text context, the resampler over one image, and the blocks with
     every text token attending to one image's (resampled) tokens."""
-    lacking = [m for m in (cfg.image, *cfg.views) if m not in ctx.shapes]
-    if lacking:
-        raise ValueError(f"flamingo's cost needs the token shape of modality {lacking[0]!r}")
+    visual = joined_shape(ctx.shapes, [cfg.image, *cfg.views], "flamingo")
     trunk = decoder_lm_cost(cfg, ctx)
-    text, image = ctx.shapes[cfg.text], ctx.shapes[cfg.image]
-    visual = Shape(image.tokens, sum(ctx.shapes[m].width for m in (cfg.image, *cfg.views)))
+    text = ctx.shapes[cfg.text]
     cost = Cost()
     if cfg.resampler is not None:
         cost = resampler_cost(cfg.resampler, visual, visual.width)

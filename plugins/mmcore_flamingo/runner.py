@@ -139,8 +139,8 @@ def prepare(model: Any, prompts: Sequence[str], images: Sequence[Any]
     rows = [pre.row({"prompt": p}) for p in prompts]
     ids, mask = left_pad(rows, pre.pad_token_id)
     device = next(model.parameters()).device
-    pixels = {m: model.preprocess(m, [list(images)]).to(device)
-              for m in fusion.image_modalities} if images else None
+    pixels = {m: x.to(device) for m, x in model.preprocess_with_views(
+        fusion.cfg.image, [list(images)]).items()} if images else None
     runner = FlamingoRunner(model, pixels)
     return runner, ids.to(device), mask.to(device)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from mmcore.contract import Tokens
+from mmcore.cost import Shape
 
 
 def join_views(tokens: Mapping[str, Tokens], names: Sequence[str], who: str) -> Tokens | None:
@@ -35,3 +36,13 @@ def join_views(tokens: Mapping[str, Tokens], names: Sequence[str], who: str) -> 
         raise ValueError(f"{who}: the image views must give the same (images, tokens); "
                          f"they give {counts}")
     return Tokens(torch.cat([p.x for p in parts], dim=-1), parts[0].mask)
+
+
+def joined_shape(shapes: Mapping[str, Shape], names: Sequence[str], who: str) -> Shape:
+    """The per-image token shape of modalities ``names`` joined along the features (for
+    cost functions): the first one's tokens, the widths summed. ValueError (naming ``who``)
+    when one's shape is unknown."""
+    lacking = [n for n in names if n not in shapes]
+    if lacking:
+        raise ValueError(f"{who}'s cost needs the token shape of modality {lacking[0]!r}")
+    return Shape(shapes[names[0]].tokens, sum(shapes[n].width for n in names))

@@ -21,7 +21,7 @@ from mmcore.cost import Cost, CostContext, Shape, linear
 from mmcore.kernels import KernelSet
 from mmcore.layers.decoder import DecoderStack, LayerHook
 from mmcore.layers.kv_cache import KVCache
-from mmcore_fusions.views import join_views
+from mmcore_fusions.views import join_views, joined_shape
 from mmcore_llama import DecoderLMConfig, LMTokens, decoder_lm_cost
 from mmcore_llama.components import decoder_shape, last_real
 
@@ -185,16 +185,13 @@ def projector_cost(cfg: LlavaConfig, image: Shape, width: int) -> Cost:
 
 def llava_cost(cfg: LlavaConfig, ctx: CostContext) -> Cost:
     """The projector over one image plus the trunk over the text's full context."""
-    lacking = [m for m in (cfg.image, *cfg.views) if m not in ctx.shapes]
-    if lacking:
-        raise ValueError(f"llava's cost needs the token shape of modality {lacking[0]!r}")
+    names = [cfg.image, *cfg.views]
+    joined = joined_shape(ctx.shapes, names, "llava")
     trunk = decoder_lm_cost(cfg, ctx)
     width = ctx.shapes[cfg.text].width
-    image = ctx.shapes[cfg.image]
     if cfg.join == "sum":  # one projector per view
-        return sum((projector_cost(cfg, Shape(image.tokens, ctx.shapes[m].width), width)
-                    for m in (cfg.image, *cfg.views)), Cost()) + trunk
-    joined = Shape(image.tokens, sum(ctx.shapes[m].width for m in (cfg.image, *cfg.views)))
+        return sum((projector_cost(cfg, joined_shape(ctx.shapes, [m], "llava"), width)
+                    for m in names), Cost()) + trunk
     return projector_cost(cfg, joined, width) + trunk
 
 

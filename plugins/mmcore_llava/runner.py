@@ -101,18 +101,25 @@ def check_images(prompts: Sequence[str], images: Sequence[Any]) -> None:
                          f"{len(images)} image(s) were given; give one image per <image>")
 
 
+def image_pixels(model: Any, images: Sequence[Any]) -> dict[str, Tensor] | None:
+    """The images' pixels for the image modality and each of its views, by modality, on
+    the model's device (:meth:`MultimodalModel.preprocess_with_views`); None for none."""
+    if not images:
+        return None
+    device = next(model.parameters()).device
+    inputs = model.preprocess_with_views(llava_parts(model)[1].cfg.image, list(images))
+    return {m: x.to(device) for m, x in inputs.items()}
+
+
 def prepare(model: Any, prompts: Sequence[str], images: Sequence[Any]
             ) -> tuple[LlavaRunner, Tensor, Tensor]:
     """(runner, left-padded ids (B, T), mask (B, T)) for user messages and their images."""
     check_images(prompts, images)
     chat = chat_preprocessor(model)
-    fusion = llava_parts(model)[1]
     batch = chat(list(prompts))
     ids, mask = left_padded(batch["ids"], batch["mask"], chat.pad_token_id)
     device = next(model.parameters()).device
-    pixels = {m: model.preprocess(m, list(images)).to(device)
-              for m in fusion.image_modalities} if images else None
-    runner = LlavaRunner(model, pixels)
+    runner = LlavaRunner(model, image_pixels(model, images))
     return runner, ids.to(device), mask.to(device)
 
 

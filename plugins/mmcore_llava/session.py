@@ -19,7 +19,7 @@ from mmcore.commands import EXIT_OK, UsageError
 from mmcore.generation import GenerationConfig, stream
 from mmcore.generation.command import user_turns
 from mmcore_llava.chat import IMAGE, count_placeholders
-from mmcore_llava.runner import LlavaRunner, chat_preprocessor, llava_parts
+from mmcore_llava.runner import LlavaRunner, chat_preprocessor, image_pixels
 
 
 class LlavaChatSession:
@@ -32,15 +32,11 @@ class LlavaChatSession:
                              "llava-chat template")
         self.model = model.eval()
         self.chat = chat_preprocessor(model)
-        self.fusion = llava_parts(model)[1]
         self.images = list(args.image)
         self.config = config
         self.warn = warn
         self.turns: list[tuple[str, str]] = []
-        device = next(model.parameters()).device
-        pixels = {m: model.preprocess(m, self.images).to(device)
-                  for m in self.fusion.image_modalities} if self.images else None
-        self.runner = LlavaRunner(model, pixels)
+        self.runner = LlavaRunner(model, image_pixels(model, self.images))
 
     def first_message(self, text: str) -> str:
         """``text`` with the images' placeholders in front unless it holds them all;
@@ -92,13 +88,15 @@ class LlavaChatSession:
             "max_new_tokens": min(self.config.max_new_tokens, left)})
         prompt = torch.tensor([ids], device=next(self.model.parameters()).device)
         pieces: list[int] = []
+        started = False  # the answer's leading spaces (answer_prefix) are not printed
         for token in stream(self.runner, prompt, attention_mask=torch.ones_like(prompt),
                             config=config):
             if int(token[0]) == self.chat.eos_token_id:
                 break
             pieces.append(int(token[0]))
             piece = self.chat.decode([pieces[-1]])
-            out.write(piece if self.chat.decode(pieces[:-1]).strip() else piece.lstrip())
+            out.write(piece if started else piece.lstrip())
+            started = started or bool(piece.strip())
             out.flush()
         out.write("\n")
         out.flush()
