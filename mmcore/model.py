@@ -168,9 +168,12 @@ class MultimodalModel(nn.Module):
         return {"loss": total, **logs}
 
     def _device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")
+        return device_of(self)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters are (CPU for a module without any)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _to_device(x: Any, device: torch.device) -> Any:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from mmcore.distributed import is_initialized, world_size
 from mmcore.errors import MMCoreError
+from mmcore.model import device_of
 
 Strategy = Literal["single", "ddp", "fsdp"]
 
@@ -172,7 +173,7 @@ class Parallel:
             return
         names = self.model.modalities
         present = torch.tensor([float(batch.get(m) is not None) for m in names],
-                               device=_device_of(self.model))
+                               device=device_of(self.model))
         dist.all_reduce(present)  # (M,) how many ranks have each modality
         partial = [m for m, n in zip(names, present.tolist(), strict=True)
                    if 0 < n < world_size()]
@@ -256,10 +257,6 @@ class Parallel:
 
 def _strip(name: str) -> str:
     return name.removeprefix("model.")
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _shard(module: LossModule, device: str) -> list[nn.Parameter]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mmcore.generation.command import reject_unused
+from mmcore.model import device_of
 from mmcore.progress import Progress
 from mmcore_diffusion.codec import LatentTokenizer
 from mmcore_diffusion.denoisers import Denoiser
@@ -129,13 +130,6 @@ def decode_embeddings(decoder: Any, embeddings: Tensor, *, steps: int,
                              steps=steps, guidance=scale, generator=generator,
                              progress=_tick(progress))
     return (codec.decode(codec.unscale(latents)) / 2 + 0.5).clamp(0, 1)
-
-
-def device_of(model: Any) -> torch.device:
-    """Where ``model``'s parameters are (CPU for a model without any)."""
-    for p in model.parameters():
-        return torch.device(p.device)
-    return torch.device("cpu")
 
 
 def dtype_of(model: Any) -> torch.dtype:
