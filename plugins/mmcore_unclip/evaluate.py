@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from mmcore.commands import positive_int
 from mmcore.data import Collator
 from mmcore.tasks import TaskOptions
+from mmcore_diffusion.tasks import accuracy
 from mmcore_unclip.generate import prior_parts, sample_prior_from
 
 
@@ -74,14 +74,7 @@ def prior_scores(model: Any, data: Any, *, steps: int = 50, batch_size: int = 64
     }
     shapes = len({n.split(" ")[1] for n in names})
     for label, emb in (("prior", p), ("true", t)):
-        out.update({f"zero_shot/{label}/{k}": v
-                    for k, v in _factors((emb @ prompts.T).argmax(-1), y, shapes).items()})
+        predicted = (emb @ prompts.T).argmax(-1)  # class indices, colour * shapes + shape
+        scores = accuracy(predicted // shapes, predicted % shapes, y // shapes, y % shapes)
+        out.update({f"zero_shot/{label}/{k}": scores[k] for k in ("colour", "shape", "both")})
     return out
-
-
-def _factors(predicted: Tensor, labels: Tensor, shapes: int) -> dict[str, float]:
-    """Colour, shape and both-right accuracy of class indices (colour * shapes + shape)."""
-    colour = predicted // shapes == labels // shapes
-    shape = predicted % shapes == labels % shapes
-    return {"colour": float(colour.float().mean()), "shape": float(shape.float().mean()),
-            "both": float((colour & shape).float().mean())}
